@@ -1,0 +1,701 @@
+"""The one settings model: every key, its bounds, env names and description live here.
+
+Profiles, env vars, `.env`, `cmw config show`, the admin config endpoint and the README table
+all read this registry, so a key is declared exactly once.
+
+Precedence (highest first): flags / ``--set`` > environment > ``.env`` > profile TOML > defaults.
+Pydantic validates the merged values; :func:`load_settings` remembers which source supplied each
+key so errors and ``cmw config show`` can name it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MASK = "********"
+ENV_PREFIX = "CMW_"
+# Env vars with the CMW_ prefix that select *which* settings to load rather than a key.
+LOADER_ENV = ("CMW_PROFILE", "CMW_PROFILES_DIR", "CMW_ENV_FILE")
+DEFAULT_PROFILE = "balanced"
+
+
+def _key(default: Any, description: str, *seed_env: str, **constraints: Any) -> Any:
+    """A settings key: default, one-line help and the seed env names it also answers to."""
+    return Field(default, description=description, json_schema_extra={"seed_env": list(seed_env)}, **constraints)
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class QueueSettings(_Group):
+    enabled: bool = _key(True, "Configure Gradio's queue from these settings (false: Gradio's defaults).", "GRADIO_ENABLE_QUEUE")
+    default_concurrency_limit: int = _key(
+        5, "Running jobs per event that sets no limit of its own.", "GRADIO_CONCURRENCY_LIMIT", ge=1, le=10_000
+    )
+    status_update_rate: Union[Literal["auto"], Annotated[float, Gt(0), Le(3600)]] = _key(
+        "auto",
+        "Seconds between queue status messages, or 'auto' (a message to every waiter per finished job).",
+        "GRADIO_STATUS_UPDATE_RATE",
+    )
+    max_size: int | None = _key(
+        100, "Events the queue holds before refusing joins (backpressure); empty = unbounded.", "GRADIO_QUEUE_MAX_SIZE",
+        ge=1, le=1_000_000,
+    )
+
+
+class ServerSettings(_Group):
+    host: str = _key("127.0.0.1", "Interface to bind; 0.0.0.0 exposes the app to the network.", min_length=1)
+    port: int = _key(7860, "TCP port of the app (0 = any free port).", ge=0, le=65_535)
+    workers: int = _key(1, "App processes (1 = a single process, no proxy).", ge=1, le=64)
+    max_threads: int = _key(
+        100, "Gradio's cap on jobs running at once, across all events.", "GRADIO_MAX_THREADS", ge=1, le=10_000
+    )
+    root_path: str = _key("", "URL prefix when served behind a reverse proxy under a sub-path, e.g. /chat.")
+    state_dir: Path | None = _key(
+        None, "Where the session database and admin token live (default: $XDG_STATE_HOME/cmw)."
+    )
+    shutdown_grace_s: float = _key(10.0, "Seconds in-flight replies get to finish on SIGINT/SIGTERM.", ge=0, le=3600)
+
+
+class EventSettings(_Group):
+    chat_concurrency_limit: int = _key(3, "Chat replies generated at once.", "CHAT_CONCURRENCY_LIMIT", ge=1, le=10_000)
+    file_upload_concurrency_limit: int = _key(
+        2, "File uploads processed at once (shared by every event in the file queue).", "FILE_CONCURRENCY_LIMIT",
+        ge=1, le=10_000,
+    )
+    file_processing_queue_id: str = _key(
+        "file_processing", "Gradio concurrency_id shared by the file-processing events.", "FILE_QUEUE_ID",
+        min_length=1, max_length=100,
+    )
+    stats_refresh_concurrency_limit: int = _key(
+        5, "Stats tab refreshes served at once.", "STATS_CONCURRENCY_LIMIT", ge=1, le=10_000
+    )
+    logs_refresh_concurrency_limit: int = _key(
+        5, "Logs tab refreshes served at once.", "LOGS_CONCURRENCY_LIMIT", ge=1, le=10_000
+    )
+
+
+class StreamSettings(_Group):
+    coalesce_ms: float = _key(
+        100.0, "Minimum milliseconds between streamed UI updates of one reply (0 = one update per token).",
+        ge=0, le=10_000,
+    )
+
+
+class SessionSettings(_Group):
+    idle_ttl_s: float = _key(3600.0, "Seconds a session may stay idle before it is freed.", ge=1, le=30 * 86_400)
+    max_sessions: int = _key(1000, "Sessions kept at once; the least recently used is evicted beyond it.", ge=1, le=1_000_000)
+    store: str = _key(
+        "sqlite", "Where conversations persist: sqlite (embedded), memory, or a redis:// URL.",
+        pattern=r"^(sqlite|memory|rediss?://.+)$",
+    )
+    max_upload_bytes: int = _key(1_000_000, "Largest file a chat may attach.", ge=1, le=1_000_000_000)
+
+
+class LLMSettings(_Group):
+    provider: Literal["sim", "openai", "openrouter", "custom"] = _key(
+        "sim", "Default provider: sim (embedded simulator), openai, openrouter, or custom (llm.base_url)."
+    )
+    model: str = _key("", "Default model; empty picks the provider's default.")
+    base_url: str = _key("", "OpenAI-compatible base URL for the custom provider, e.g. http://127.0.0.1:8000/v1.")
+    api_key: SecretStr | None = _key(None, "API key for the provider (never shown).", "OPENAI_API_KEY")
+    openrouter_api_key: SecretStr | None = _key(None, "API key for OpenRouter (never shown).", "OPENROUTER_API_KEY")
+    timeout_s: float = _key(60.0, "Seconds before an LLM request is abandoned.", gt=0, le=3600)
+    max_retries: int = _key(2, "Retries of a failed LLM request before the turn fails.", ge=0, le=20)
+    providers: list[Literal["sim", "openai", "openrouter", "custom"]] = _key(
+        ["sim", "openai", "openrouter"], "Providers offered in the Chat tab.", min_length=1
+    )
+
+
+class AdminSettings(_Group):
+    token: SecretStr | None = _key(
+        None, "Bearer token of the admin API; empty = generated at start-up into the state dir.", "CMW_ADMIN_TOKEN"
+    )
+
+
+class SimSettings(_Group):
+    host: str = _key("127.0.0.1", "Interface the simulator binds.")
+    port: int = _key(0, "Simulator port (0 = any free port).", ge=0, le=65_535)
+    ttft_ms: float = _key(200.0, "Time to first token, milliseconds.", ge=0, le=600_000)
+    tokens_per_second: float = _key(50.0, "Streaming speed after the first token.", gt=0, le=100_000)
+    reply_tokens: int = _key(50, "Tokens per reply.", ge=1, le=100_000)
+    jitter: float = _key(0.1, "Relative random spread of the latencies (0 = exact).", ge=0, le=1)
+    error_rate: float = _key(0.0, "Share of requests answered with an HTTP error.", ge=0, le=1)
+    error_statuses: list[Annotated[int, Ge(400), Lt(600)]] = _key(
+        [500, 503, 429], "HTTP statuses an injected error picks from.", min_length=1
+    )
+    disconnect_rate: float = _key(0.0, "Share of streams cut off mid-reply.", ge=0, le=1)
+    stall_rate: float = _key(0.0, "Share of streams that stop sending mid-reply.", ge=0, le=1)
+    stall_s: float = _key(30.0, "How long a stalled stream stays silent before closing.", ge=0, le=3600)
+    malformed_rate: float = _key(0.0, "Share of streams that carry one malformed chunk.", ge=0, le=1)
+    seed: int | None = _key(None, "Random seed for repeatable latencies and faults.")
+
+
+class Settings(BaseSettings):
+    """Everything cmw and the app read; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True)
+
+    enable_concurrent_processing: bool = _key(
+        True, "Master switch: false runs every event one at a time (the sequential baseline).",
+        "ENABLE_CONCURRENT_PROCESSING",
+    )
+    queue: QueueSettings = Field(default_factory=QueueSettings, description="Gradio queue.")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
+    events: EventSettings = Field(default_factory=EventSettings, description="Per-event concurrency.")
+    stream: StreamSettings = Field(default_factory=StreamSettings, description="Streaming to the UI.")
+    sessions: SessionSettings = Field(default_factory=SessionSettings, description="Browser sessions.")
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="LLM provider.")
+    admin: AdminSettings = Field(default_factory=AdminSettings, description="Admin API.")
+    sim: SimSettings = Field(default_factory=SimSettings, description="Embedded OpenAI-compatible simulator.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # load_settings merges every source itself so it can say which one won; the
+        # model only validates what it is given.
+        return (init_settings,)
+
+    def get(self, key: str) -> Any:
+        """Value of a dotted key, e.g. ``events.chat_concurrency_limit``."""
+        obj: Any = self
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    # Effective limits: one place that turns settings into what Gradio is given.
+    def event_limit(self, event: str) -> int:
+        """Concurrency limit an event runs with: 1 when the master switch is off."""
+        if not self.enable_concurrent_processing:
+            return 1
+        return int(self.get(f"events.{event}_concurrency_limit"))
+
+    @property
+    def default_limit(self) -> int:
+        return self.queue.default_concurrency_limit if self.enable_concurrent_processing else 1
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One settings key as the registry describes it."""
+
+    key: str
+    field: FieldInfo
+    env: tuple[str, ...]
+
+    @property
+    def description(self) -> str:
+        return self.field.description or ""
+
+    @property
+    def secret(self) -> bool:
+        return "SecretStr" in _type_name(self.field.annotation)
+
+    @property
+    def default(self) -> Any:
+        return self.field.get_default(call_default_factory=True)
+
+    @property
+    def allowed(self) -> str:
+        return describe_allowed(self.field)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def _iter_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _iter_fields(ann, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info
+
+
+def _build_registry() -> dict[str, KeySpec]:
+    registry: dict[str, KeySpec] = {}
+    for key, info in _iter_fields(Settings):
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        seed = [str(name) for name in extra.get("seed_env", [])]  # type: ignore[union-attr]
+        cmw = ENV_PREFIX + key.upper().replace(".", "__")
+        env = tuple(dict.fromkeys([*seed, cmw]))
+        registry[key] = KeySpec(key, info, env)
+    return registry
+
+
+REGISTRY: dict[str, KeySpec] = _build_registry()
+ENV_TO_KEY: dict[str, str] = {name: spec.key for spec in REGISTRY.values() for name in spec.env}
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _bound(info: FieldInfo, kind: type, attr: str) -> float | None:
+    for meta in info.metadata:
+        if isinstance(meta, kind):
+            return getattr(meta, attr)
+    return None
+
+
+def describe_allowed(info: FieldInfo) -> str:
+    """Human summary of what a key accepts, derived from its annotation and bounds."""
+    ann = info.annotation
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    optional = type(None) in args
+    if origin in (Union, types.UnionType):
+        parts = [a for a in args if a is not type(None)]
+    else:
+        parts = [ann]
+    described: list[str] = []
+    for part in parts:
+        described.append(_describe_type(part, info if len(parts) == 1 else None))
+    text = " or ".join(described)
+    return f"{text} or empty" if optional else text
+
+
+def _describe_type(ann: Any, info: FieldInfo | None) -> str:
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        return "|".join(str(a) for a in typing.get_args(ann))
+    if origin is Annotated:
+        base, *meta = typing.get_args(ann)
+        holder = FieldInfo.from_annotation(ann)
+        holder.metadata = meta
+        return _describe_type(base, holder)
+    if origin is list:
+        (inner,) = typing.get_args(ann)
+        return f"list of {_describe_type(inner, None)}"
+    if ann is bool:
+        return "true|false"
+    if ann in (int, float) and info is not None:
+        kind = "integer" if ann is int else "number"
+        ge, gt = _bound(info, Ge, "ge"), _bound(info, Gt, "gt")
+        le, lt = _bound(info, Le, "le"), _bound(info, Lt, "lt")
+        if ge is not None and le is not None:
+            return f"{kind} {_num(ge)}–{_num(le)}"
+        low = f">{_num(gt)}" if gt is not None else (f"≥{_num(ge)}" if ge is not None else "")
+        high = f"<{_num(lt)}" if lt is not None else (f"≤{_num(le)}" if le is not None else "")
+        return " ".join(part for part in (kind, low, high) if part)
+    if ann in (int, float):
+        return "integer" if ann is int else "number"
+    if ann is SecretStr:
+        return "secret text"
+    if ann is Path:
+        return "path"
+    if ann is str and info is not None:
+        for meta in info.metadata:
+            pattern = getattr(meta, "pattern", None)
+            if pattern:
+                return "sqlite|memory|redis://…" if "redis" in pattern else f"text matching {pattern}"
+        return "text"
+    return _type_name(ann)
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def shipped_profiles_dir() -> Path:
+    """Profiles that come with cmw: in the wheel (agent/profiles) or a checkout (./profiles)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "profiles", here.parent / "profiles"):
+        if candidate.is_dir():
+            return candidate
+    return here / "profiles"
+
+
+def profile_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Directories searched for profiles by name, user directory first."""
+    environ = os.environ if environ is None else environ
+    dirs: list[Path] = []
+    if environ.get("CMW_PROFILES_DIR"):
+        dirs.append(Path(environ["CMW_PROFILES_DIR"]).expanduser())
+    dirs.append(shipped_profiles_dir())
+    return dirs
+
+
+def available_profiles(environ: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Profile name → file; a user profile shadows a shipped one of the same name."""
+    found: dict[str, Path] = {}
+    for directory in reversed(profile_dirs(environ)):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.toml")):
+                found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
+def resolve_profile(profile: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
+    """Turn a profile name or path into a file, or raise ConfigError listing what exists."""
+    environ = os.environ if environ is None else environ
+    name = str(profile) if profile else environ.get("CMW_PROFILE") or DEFAULT_PROFILE
+    looks_like_path = name.endswith(".toml") or os.sep in name or name.startswith(".")
+    if looks_like_path:
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path.resolve()
+        raise ConfigError([Problem(f"profile file {name} does not exist")])
+    profiles = available_profiles(environ)
+    if name in profiles:
+        return profiles[name]
+    hint = _did_you_mean(name, profiles)
+    listing = ", ".join(profiles) or "none"
+    raise ConfigError([Problem(f"unknown profile '{name}'{hint}; available: {listing} (or a path to a .toml file)")])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration, already phrased for a person."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(Exception):
+    """Settings could not be loaded; every problem is listed, one per line."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass
+class Raw:
+    """A value as some source supplied it, before validation."""
+
+    value: Any
+    source: str  # default | profile:<path> | .env | env:NAME | --flag / --set
+    origin: str  # where exactly, for error messages: "file.toml: [events] chat_…", "env CHAT_…"
+
+
+@dataclass
+class LoadedSettings:
+    """Validated settings plus, per key, the source that supplied the value in effect."""
+
+    settings: Settings
+    sources: dict[str, str]
+    profile_path: Path | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def profile_name(self) -> str:
+        return self.profile_path.stem if self.profile_path else "none"
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """The stable ``config show --json`` shape: dotted key → value, source, env, allowed, description."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, spec in REGISTRY.items():
+            out[key] = {
+                "value": display_value(self.settings.get(key), spec),
+                "source": self.sources.get(key, "default"),
+                "env": list(spec.env),
+                "allowed": spec.allowed,
+                "description": spec.description,
+            }
+        return out
+
+
+def display_value(value: Any, spec: KeySpec | None = None) -> Any:
+    """JSON-friendly value with secrets masked."""
+    if isinstance(value, SecretStr) or (spec is not None and spec.secret and value is not None):
+        return MASK
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and key not in REGISTRY:
+            yield from _flatten(value, f"{key}.")
+        else:
+            yield key, value
+
+
+def read_profile(path: Path) -> dict[str, Raw]:
+    """Read a profile TOML into raw values, reporting syntax errors and unknown keys."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(f"{path}: cannot read profile: {exc.strerror}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(f"{path}: TOML syntax error: {exc}")]) from None
+    values: dict[str, Raw] = {}
+    problems: list[Problem] = []
+    for key, value in _flatten(data):
+        if key in ("profile.description", "description"):
+            continue  # free text describing the profile itself
+        if key not in REGISTRY:
+            problems.append(Problem(f"{path}: unknown key '{key}'{_did_you_mean(key, REGISTRY)}"))
+            continue
+        section, _, name = key.rpartition(".")
+        where = f"{path}: [{section}] {name}" if section else f"{path}: {name}"
+        values[key] = Raw(value, f"profile:{path}", where)
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+def read_environ(environ: Mapping[str, str], source: str) -> dict[str, Raw]:
+    """Map env vars (seed names and CMW_<GROUP>__<KEY>) to keys; unknown CMW_ names are errors."""
+    values: dict[str, Raw] = {}
+    problems: list[Problem] = []
+    for name, value in environ.items():
+        key = ENV_TO_KEY.get(name)
+        if key is None:
+            if name.startswith(ENV_PREFIX) and name not in LOADER_ENV:
+                hint = _did_you_mean(name, ENV_TO_KEY)
+                problems.append(Problem(f"{_where_env(source, name)}: unknown setting{hint}"))
+            continue
+        label = source if source == ".env" else f"env:{name}"
+        prior = values.get(key)
+        # A CMW_ name is the explicit, namespaced spelling: it wins over a seed name.
+        if prior is None or name.startswith(ENV_PREFIX):
+            values[key] = Raw(value, label, _where_env(source, name))
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+def _where_env(source: str, name: str) -> str:
+    return f".env {name}" if source == ".env" else f"env {name}"
+
+
+def parse_assignments(pairs: list[str], label: str = "--set") -> dict[str, Raw]:
+    """Parse ``key=value`` flags; values are read as TOML when they parse, else as text."""
+    values: dict[str, Raw] = {}
+    problems: list[Problem] = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(Problem(f"{label} {pair!r}: expected KEY=VALUE, e.g. events.chat_concurrency_limit=4"))
+            continue
+        if key not in REGISTRY:
+            problems.append(Problem(f"{label} {key}: unknown key{_did_you_mean(key, REGISTRY)}"))
+            continue
+        value = text if _is_text(REGISTRY[key]) else _parse_scalar(text)
+        values[key] = Raw(value, label, f"{label} {key}")
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+def _is_text(spec: KeySpec) -> bool:
+    """Keys whose values are text: `--set llm.model=4o` must not become a number."""
+    return any(name in str(spec.field.annotation) for name in ("str", "SecretStr", "Path")) and "Literal" not in str(
+        spec.field.annotation
+    )
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _env_value(raw: Raw, spec: KeySpec) -> Any:
+    """Env and .env values are text; lists and empty optionals need reading first."""
+    if not isinstance(raw.value, str) or not raw.source.startswith(("env:", ".env")):
+        return raw.value
+    text = raw.value.strip()
+    if text == "" and "None" in str(spec.field.annotation):
+        return None
+    if typing.get_origin(spec.field.annotation) is list:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return raw.value
+
+
+def load_settings(
+    profile: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+    use_profile: bool = True,
+) -> LoadedSettings:
+    """Merge defaults, profile, .env, environment and overrides; validate; record sources.
+
+    ``overrides`` is either ``["key=value", ...]`` (from ``--set``) or a mapping of dotted key to
+    value or ``(value, label)`` (from dedicated flags such as ``--port``).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    if env_file is not None and "CMW_ENV_FILE" in environ:
+        env_file = environ["CMW_ENV_FILE"]
+    merged: dict[str, Raw] = {}
+    profile_path: Path | None = None
+    problems: list[Problem] = []
+
+    def layer(reader: Any, *args: Any) -> None:
+        try:
+            merged.update(reader(*args))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+
+    if use_profile:
+        try:
+            profile_path = resolve_profile(profile, environ)
+        except ConfigError as exc:
+            raise exc from None
+        layer(read_profile, profile_path)
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        layer(read_environ, dotenv, ".env")
+    layer(read_environ, environ, "env")
+    if isinstance(overrides, list):
+        layer(parse_assignments, overrides)
+    elif overrides:
+        for key, value in overrides.items():
+            if key not in REGISTRY:
+                problems.append(Problem(f"unknown key '{key}'{_did_you_mean(key, REGISTRY)}"))
+                continue
+            value, label = value if isinstance(value, tuple) else (value, "--set")
+            merged[key] = Raw(value, label, f"{label} {key}" if label == "--set" else label)
+    if problems:
+        raise ConfigError(problems)
+
+    flat = {key: _env_value(raw, REGISTRY[key]) for key, raw in merged.items()}
+    try:
+        settings = Settings(**_nest(flat))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, merged)) from None
+    loaded = LoadedSettings(settings, {k: raw.source for k, raw in merged.items()}, profile_path)
+    loaded.warnings = check_effect(settings)
+    return loaded
+
+
+def _explain(exc: ValidationError, merged: Mapping[str, Raw]) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        key = next((".".join(loc[:n]) for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in REGISTRY), ".".join(loc))
+        if key in seen:
+            continue  # a union reports each branch; the key's summary says what is allowed
+        seen.add(key)
+        raw = merged.get(key)
+        spec = REGISTRY.get(key)
+        where = raw.origin if raw else "default"
+        shown = MASK if spec is not None and spec.secret else repr(raw.value if raw else error.get("input"))
+        allowed = spec.allowed if spec else error["msg"]
+        problems.append(Problem(f"{key} = {shown} (from {where}): {_reason(error)}; allowed: {allowed}"))
+    return problems
+
+
+def _reason(error: Any) -> str:
+    msg = str(error["msg"])
+    return msg[0].lower() + msg[1:] if msg else "invalid"
+
+
+# --------------------------------------------------------------------------- effect checks
+
+
+def check_effect(settings: Settings) -> list[str]:
+    """Valid settings that cannot take effect as written; each warning names its keys."""
+    warnings: list[str] = []
+    threads = settings.server.max_threads
+    limits = {
+        "queue.default_concurrency_limit": settings.queue.default_concurrency_limit,
+        **{f"events.{name}": getattr(settings.events, name) for name in EventSettings.model_fields if name.endswith("_limit")},
+    }
+    if settings.enable_concurrent_processing:
+        for key, limit in limits.items():
+            if limit > threads:
+                warnings.append(
+                    f"{key}={limit} exceeds server.max_threads={threads}: Gradio never runs more than "
+                    f"{threads} jobs at once, so the limit acts as {threads}."
+                )
+        total = sum(v for k, v in limits.items() if k.startswith("events."))
+        if total > threads:
+            warnings.append(
+                f"events.*_concurrency_limit add up to {total} > server.max_threads={threads}: under mixed load "
+                "events will wait for a free slot even below their own limits."
+            )
+    elif any(v > 1 for v in limits.values()):
+        warnings.append(
+            "enable_concurrent_processing=false: every event runs one at a time; the queue.* and events.* "
+            "limits are ignored."
+        )
+    max_size = settings.queue.max_size
+    chat = settings.event_limit("chat")
+    if max_size is not None and max_size < chat:
+        warnings.append(
+            f"queue.max_size={max_size} < events.chat_concurrency_limit={chat}: the queue refuses joins before "
+            "the chat limit can be reached."
+        )
+    if not settings.queue.enabled:
+        warnings.append(
+            "queue.enabled=false: Gradio 6 always queues events; queue.default_concurrency_limit, "
+            "queue.max_size and queue.status_update_rate are not applied (Gradio's defaults are)."
+        )
+    if settings.queue.status_update_rate == "auto" and (max_size is None or max_size > 200):
+        warnings.append(
+            "queue.status_update_rate='auto' with a large queue.max_size: every finished job sends a status "
+            "message to every waiting client; a number such as 2.0 keeps that traffic bounded."
+        )
+    if settings.server.workers > 1 and not settings.sessions.store.startswith("redis"):
+        warnings.append(
+            f"server.workers={settings.server.workers} with sessions.store={settings.sessions.store!r}: workers do "
+            "not share sessions; use a redis:// store."
+        )
+    if settings.llm.provider == "custom" and not settings.llm.base_url:
+        warnings.append("llm.provider=custom needs llm.base_url (an OpenAI-compatible URL).")
+    if settings.llm.provider == "openai" and settings.llm.api_key is None:
+        warnings.append("llm.provider=openai without llm.api_key (OPENAI_API_KEY): requests will be refused.")
+    if settings.llm.provider == "openrouter" and settings.llm.openrouter_api_key is None:
+        warnings.append("llm.provider=openrouter without llm.openrouter_api_key (OPENROUTER_API_KEY).")
+    if settings.llm.provider not in settings.llm.providers:
+        warnings.append(f"llm.provider={settings.llm.provider} is not in llm.providers: the Chat tab will not offer it.")
+    faults = settings.sim.error_rate + settings.sim.disconnect_rate + settings.sim.stall_rate + settings.sim.malformed_rate
+    if faults > 1:
+        warnings.append(f"sim.*_rate add up to {faults:g} > 1: every request fails; the rates are applied in turn.")
+    if settings.server.host not in ("127.0.0.1", "localhost", "::1") and settings.admin.token is None:
+        warnings.append(
+            f"server.host={settings.server.host} exposes the app; set admin.token explicitly rather than relying on "
+            "the generated one."
+        )
+    return warnings

@@ -1,0 +1,1 @@
+"""The `cmw` command line: thin Typer commands over agent/'s public functions."""
