@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from agent import __version__
-from cmw_cli import config
+from cmw_cli import config, loadtest, serve, sessions, sim, status
 
 app = typer.Typer(
     name="cmw",
@@ -34,7 +34,13 @@ def root(
     """cmw: concurrency profiles, admin and load testing for a Gradio LLM agent app."""
 
 
+app.command("serve")(serve.serve)
 app.add_typer(config.app, name="config")
+app.command("status")(status.status)
+app.add_typer(sessions.app, name="sessions")
+app.command("loadtest")(loadtest.loadtest)
+app.command("smoke")(loadtest.smoke)
+app.command("sim")(sim.sim)
 
 
 def main() -> None:
