@@ -1,8 +1,59 @@
-"""`cmw serve` (being built: issue 3)."""
+"""`cmw serve`: turn flags into settings and hand them to agent.server.serve."""
 
-from cmw_cli.common import fail
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cmw_cli.common import Exit, ProfileOption, SetOption, fail, load_or_exit
+
+PROVIDERS = ("sim", "openai", "openrouter")
 
 
-def serve() -> None:
-    """Serve the agent app (not built yet)."""
-    fail("cmw serve is not built yet")
+def serve(
+    profile: ProfileOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind [default: server.host, 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: server.port, 7860; 0 = any free port].")] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option("--llm", help="Provider (sim, openai, openrouter) or an OpenAI-compatible base URL."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Default model [default: the provider's].")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the agent app with the queue and concurrency limits of a profile.
+
+    Example usage:
+
+        cmw serve                          # balanced profile, embedded simulator, http://127.0.0.1:7860
+        cmw serve -p high-performance --port 8080
+        cmw serve --llm http://127.0.0.1:8000/v1 --model qwen2.5
+        cmw serve --set events.chat_concurrency_limit=8
+    """
+    flags: dict[str, Any] = {}
+    if host is not None:
+        flags["server.host"] = (host, "--host")
+    if port is not None:
+        flags["server.port"] = (port, "--port")
+    if llm is not None:
+        if llm in PROVIDERS:
+            flags["llm.provider"] = (llm, "--llm")
+        elif llm.startswith(("http://", "https://")):
+            flags["llm.provider"] = ("custom", "--llm")
+            flags["llm.base_url"] = (llm, "--llm")
+        else:
+            fail(f"--llm {llm!r}: expected one of {', '.join(PROVIDERS)} or an http(s):// base URL")
+    if model is not None:
+        flags["llm.model"] = (model, "--model")
+    loaded = load_or_exit(profile, set_, flags, show_warnings=False)
+    settings = loaded.settings
+    if settings.llm.provider == "custom" and "custom" not in settings.llm.providers:
+        settings.llm.providers = [*settings.llm.providers, "custom"]
+
+    from agent.server import serve as run_server
+
+    code = run_server(loaded)
+    if code:
+        raise typer.Exit(code)
+    raise typer.Exit(int(Exit.OK))

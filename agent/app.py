@@ -1,0 +1,299 @@
+"""The Gradio agent app: Chat, Stats and Logs tabs over per-session agents.
+
+Every handler that waits on the LLM is async, so a waiting chat holds no thread. Each browser
+session (or gradio_client ``Client``) gets its own :class:`~agent.sessions.Session`; the chat event
+is public as ``api_name="chat"``: input the message text, output the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from agent import __version__
+from agent.llm import LLMError, Providers
+from agent.queue import EVENTS, QueueMonitor, apply_queue, event_options
+from agent.sessions import Session, SessionManager
+from agent.settings import LoadedSettings
+
+log = logging.getLogger("cmw.app")
+
+SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's latest message."
+TEXT_SUFFIXES = {".txt", ".md", ".csv", ".json", ".py", ".log", ".yaml", ".yml", ".toml", ".xml", ".html", ".rst"}
+
+
+def percentiles(values: list[float] | deque[float], qs: tuple[float, ...] = (0.5, 0.95)) -> dict[str, float | None]:
+    """Nearest-rank percentiles in seconds (None when there is no data)."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        name = f"p{round(q * 100)}"
+        out[name] = ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else None
+    return out
+
+
+@dataclass
+class AppContext:
+    """What the handlers share: settings, sessions, providers and server-wide figures."""
+
+    loaded: LoadedSettings
+    sessions: SessionManager
+    providers: Providers
+    startup_log: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    aliases: dict[str, str] = field(default_factory=dict)  # gradio session_hash → session id (after a reload)
+    monitor: QueueMonitor | None = None
+    in_flight: int = 0
+    draining: bool = False  # set on SIGINT/SIGTERM: new chats are refused, running ones finish
+    browser_secret: str | None = None  # stable across restarts so a reload can find its conversation
+
+    @property
+    def settings(self):  # type: ignore[no-untyped-def]
+        return self.loaded.settings
+
+    def session_id(self, request: gr.Request | None) -> str:
+        session_hash = getattr(request, "session_hash", None) or "anonymous"
+        return self.aliases.get(session_hash, session_hash)
+
+    def session(self, request: gr.Request | None) -> Session:
+        return self.sessions.get_or_create(self.session_id(request))
+
+
+def _llm_messages(session: Session, user_text: str) -> list[dict[str, str]]:
+    system = SYSTEM_PROMPT
+    if session.files:
+        attached = "\n\n".join(f"--- {name} ---\n{text}" for name, text in session.files.items())
+        system += f"\n\nFiles the user attached:\n{attached}"
+    messages = [{"role": "system", "content": system}]
+    messages += [{"role": m["role"], "content": str(m["content"])} for m in session.history]
+    messages.append({"role": "user", "content": user_text})
+    return messages
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    """Build the Blocks with every limit applied from settings."""
+    settings = ctx.settings
+    interval = settings.stream.coalesce_ms / 1000
+
+    async def chat(message: str, request: gr.Request):  # type: ignore[no-untyped-def]
+        session = ctx.session(request)
+        text = (message or "").strip()
+        if not text:
+            yield list(session.history), ""
+            return
+        async with session.lock:
+            history = list(session.history) + [{"role": "user", "content": text}]
+            session.log.append((time.time(), f"chat: turn {session.turns + 1} started ({session.provider})"))
+            yield history, ""
+            started = time.monotonic()
+            ttft: float | None = None
+            reply, tokens, error = "", 0, None
+            last_yield = started
+            ctx.in_flight += 1
+            try:
+                async for delta in ctx.providers.stream(session.provider, session.model, _llm_messages(session, text)):
+                    if delta.text:
+                        if ttft is None:
+                            ttft = time.monotonic() - started
+                        reply += delta.text
+                    if delta.completion_tokens is not None:
+                        tokens = delta.completion_tokens
+                    # Measured from the end of the last update: a slow update widens the gap instead
+                    # of turning every token into an update (the collapse seen under overload).
+                    if time.monotonic() - last_yield >= interval:
+                        yield history + [{"role": "assistant", "content": reply}], ""
+                        last_yield = time.monotonic()
+            except LLMError as exc:
+                error = exc.kind
+                reply = (reply + "\n\n" if reply else "") + f"⚠️ {exc.message}"
+            except asyncio.CancelledError:
+                reply = (reply + " " if reply else "") + "[stopped]"
+                error = "stopped"
+                _finish(ctx, session, text, reply, tokens, started, ttft, error)
+                raise
+            except Exception:  # the server and other sessions carry on; the user sees a clear notice
+                log.exception("chat failed in session %s", session.id[:8])
+                error = "app_error"
+                reply = (reply + "\n\n" if reply else "") + "⚠️ Internal error while generating the reply."
+            finally:
+                ctx.in_flight -= 1
+            _finish(ctx, session, text, reply, tokens, started, ttft, error)
+            yield list(session.history), ""
+
+    def attach(files: list[str] | None, request: gr.Request) -> str:
+        session = ctx.session(request)
+        notes = []
+        for name in files or []:
+            path = Path(name)
+            notes.append(_attach_file(ctx, session, path))
+        return _files_markdown(session, notes)
+
+    def set_provider(provider: str, request: gr.Request) -> str:
+        session = ctx.session(request)
+        if provider not in ctx.providers.offered:
+            return session.model
+        session.provider = provider
+        session.model = ctx.providers.default_model(provider)
+        session.log.append((time.time(), f"provider set to {provider} / {session.model}"))
+        return session.model
+
+    def set_model(model: str, request: gr.Request) -> None:
+        session = ctx.session(request)
+        model = (model or "").strip()
+        if model:
+            session.model = model[:200]
+            session.log.append((time.time(), f"model set to {session.model}"))
+
+    def clear(request: gr.Request) -> tuple[list[dict[str, Any]], str]:
+        session = ctx.session(request)
+        ctx.sessions.clear_history(session.id)
+        session.log.append((time.time(), "history cleared"))
+        return [], ""
+
+    def stats(request: gr.Request) -> dict[str, Any]:
+        return stats_snapshot(ctx, ctx.sessions.get(ctx.session_id(request)))
+
+    def logs(request: gr.Request) -> str:
+        session = ctx.sessions.get(ctx.session_id(request))
+        entries = session.log if session else []
+        own = [f"{time.strftime('%H:%M:%S', time.localtime(ts))} {line}" for ts, line in entries]
+        return "\n".join(["# start-up", *ctx.startup_log, "", "# this session", *(own or ["(no events yet)"])])
+
+    def restore(stored: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """On page load: reconnect to the conversation this browser had (a reload keeps it)."""
+        current = request.session_hash or ""
+        if stored and stored != current and ctx.sessions.known(stored):
+            ctx.aliases[current] = stored
+        session = ctx.session(request)
+        return list(session.history), session.provider, session.model, session.id, _files_markdown(session, [])
+
+    def unload(request: gr.Request) -> None:
+        session_id = ctx.session_id(request)
+        ctx.aliases.pop(request.session_hash or "", None)
+        ctx.sessions.release(session_id)
+
+    with gr.Blocks(title="cmw agent") as demo:
+        browser_id = gr.BrowserState(None, storage_key="cmw-session", secret=ctx.browser_secret)
+        with gr.Tab("Chat"):
+            chatbot = gr.Chatbot(label="Conversation", height=480)
+            with gr.Row():
+                msg = gr.Textbox(placeholder="Message the agent…", show_label=False, scale=6, max_length=20_000)
+                send = gr.Button("Send", variant="primary", scale=1)
+                stop = gr.Button("Stop", scale=1)
+                clear_btn = gr.Button("Clear", scale=1)
+            with gr.Row():
+                provider = gr.Dropdown(ctx.providers.offered, value=settings.llm.provider, label="Provider")
+                model = gr.Textbox(value=ctx.providers.default_model(settings.llm.provider), label="Model")
+            files = gr.File(label="Attach text files", file_count="multiple", type="filepath")
+            files_info = gr.Markdown()
+        with gr.Tab("Stats"):
+            stats_btn = gr.Button("Refresh")
+            stats_view = gr.JSON(label="Stats")
+        with gr.Tab("Logs"):
+            logs_btn = gr.Button("Refresh")
+            logs_view = gr.Textbox(label="Logs", lines=20, max_lines=40, autoscroll=True)
+
+        chat_event = gr.on(
+            [send.click, msg.submit], chat, [msg], [chatbot, msg], api_name="chat", **event_options(settings, "chat")
+        )
+        stop.click(None, None, None, cancels=[chat_event])
+        clear_btn.click(clear, None, [chatbot, msg], api_visibility="undocumented", **event_options(settings, "chat"))
+        upload = files.upload(
+            attach, [files], [files_info], api_visibility="undocumented", **event_options(settings, "file_upload")
+        )
+        provider.change(set_provider, [provider], [model], api_visibility="undocumented")
+        model.blur(set_model, [model], None, api_visibility="undocumented")
+        stats_event = stats_btn.click(
+            stats, None, [stats_view], api_visibility="undocumented", **event_options(settings, "stats_refresh")
+        )
+        logs_event = logs_btn.click(
+            logs, None, [logs_view], api_visibility="undocumented", **event_options(settings, "logs_refresh")
+        )
+        demo.load(restore, [browser_id], [chatbot, provider, model, browser_id, files_info], api_visibility="private")
+        demo.unload(unload)
+
+    apply_queue(demo, settings)
+    ctx.monitor = QueueMonitor(
+        demo, dict(zip(EVENTS, (chat_event, upload, stats_event, logs_event), strict=True))
+    )
+    return demo
+
+
+def _finish(
+    ctx: AppContext, session: Session, text: str, reply: str, tokens: int, started: float,
+    ttft: float | None, error: str | None,
+) -> None:
+    latency = time.monotonic() - started
+    ctx.sessions.record_turn(session, text, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
+    if error is None:
+        ctx.latencies.append(latency)
+        if ttft is not None:
+            ctx.ttfts.append(ttft)
+    outcome = f"failed ({error})" if error else f"done in {latency:.2f} s, {tokens} tokens"
+    session.log.append((time.time(), f"chat: turn {session.turns} {outcome}"))
+
+
+def _attach_file(ctx: AppContext, session: Session, path: Path) -> str:
+    limit = ctx.settings.sessions.max_upload_bytes
+    name = Path(path.name).name[-120:] or "file"
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            return f"⚠️ {name}: {size:,} bytes is over the {limit:,}-byte limit (sessions.max_upload_bytes)."
+        data = path.read_bytes()
+    except OSError:
+        return f"⚠️ {name}: could not be read."
+    if path.suffix.lower() not in TEXT_SUFFIXES | {""} or b"\x00" in data:
+        return f"⚠️ {name}: not a text file; attach text files ({', '.join(sorted(TEXT_SUFFIXES))})."
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"⚠️ {name}: not UTF-8 text."
+    ctx.sessions.attach_file(session, name, text)
+    session.log.append((time.time(), f"file attached: {name} ({len(data):,} bytes)"))
+    return f"✅ {name} attached ({len(data):,} bytes)."
+
+
+def _files_markdown(session: Session, notes: list[str]) -> str:
+    names = ", ".join(session.files) or "none"
+    return "\n\n".join([*notes, f"Files in this conversation: {names}"])
+
+
+def stats_snapshot(ctx: AppContext, session: Session | None) -> dict[str, Any]:
+    """Figures for the Stats tab: this session and the whole server."""
+    mine: dict[str, Any] = {}
+    if session is not None:
+        mine = {
+            "turns": session.turns,
+            "tokens": session.tokens,
+            "provider": session.provider,
+            "model": session.model,
+            "last_latencies_s": [round(x, 3) for x in list(session.latencies)[-5:]],
+            "last_ttft_s": [round(x, 3) for x in list(session.ttfts)[-5:]],
+        }
+    queue = ctx.monitor.as_dict() if ctx.monitor else {}
+    return {
+        "this_session": mine,
+        "server": {
+            "version": __version__,
+            "profile": ctx.loaded.profile_name,
+            "uptime_s": round(time.time() - ctx.started, 1),
+            "sessions": ctx.sessions.counts(),
+            "events": queue,
+            "latency_s": {k: _round(v) for k, v in percentiles(ctx.latencies).items()},
+            "ttft_s": {k: _round(v) for k, v in percentiles(ctx.ttfts).items()},
+        },
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,80 @@
+"""Gradio's queue, set from settings and read back live.
+
+One place turns settings into Gradio arguments: ``event_options`` for each named event,
+``apply_queue`` for the Blocks, and :class:`QueueMonitor` reads waiting/running per event from
+Gradio's own queue so Stats, the admin API and metrics report what Gradio really does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agent.settings import Settings
+
+# The app's events, each with the settings key holding its limit.
+EVENTS = ("chat", "file_upload", "stats_refresh", "logs_refresh")
+
+
+def event_options(settings: Settings, event: str) -> dict[str, Any]:
+    """Keyword arguments for a Gradio event listener: its limit and, for files, the shared queue id."""
+    options: dict[str, Any] = {"concurrency_limit": settings.event_limit(event)}
+    if event == "file_upload":
+        options["concurrency_id"] = settings.events.file_processing_queue_id
+    return options
+
+
+def apply_queue(demo: Any, settings: Settings) -> None:
+    """Configure the queue and the global running-jobs cap; close the /run bypass.
+
+    Gradio applies ``max_threads`` only in ``launch()``; the app is mounted into FastAPI instead,
+    so the cap is set on the Blocks before ``queue()`` builds the queue from it.
+    """
+    demo.max_threads = settings.server.max_threads
+    if settings.queue.enabled:
+        demo.queue(
+            default_concurrency_limit=settings.default_limit,
+            max_size=settings.queue.max_size,
+            status_update_rate=settings.queue.status_update_rate,
+            api_open=False,
+        )
+    else:
+        demo.queue(api_open=False)
+    demo._queue.max_thread_count = settings.server.max_threads
+
+
+@dataclass
+class EventFigures:
+    event: str
+    waiting: int
+    running: int
+    limit: int | None
+
+
+class QueueMonitor:
+    """Live waiting/running per named event, read from Gradio's queue."""
+
+    def __init__(self, demo: Any, dependencies: dict[str, Any]):
+        self.demo = demo
+        self.dependencies = dependencies  # event name → gradio Dependency (its BlockFunction)
+
+    def figures(self) -> list[EventFigures]:
+        queue = getattr(self.demo, "_queue", None)
+        per_id = getattr(queue, "event_queue_per_concurrency_id", {}) if queue else {}
+        out: list[EventFigures] = []
+        for event, dep in self.dependencies.items():
+            fn = self.demo.fns[dep["id"]]  # a gradio Dependency is its config dict
+            event_queue = per_id.get(fn.concurrency_id)
+            waiting = sum(1 for e in event_queue.queue if e.fn is fn) if event_queue else 0
+            running = event_queue.current_concurrency if event_queue else 0
+            limit = event_queue.concurrency_limit if event_queue else fn.concurrency_limit
+            out.append(EventFigures(event, waiting, running, limit if isinstance(limit, int) else None))
+        return out
+
+    def as_dict(self) -> dict[str, dict[str, int | None]]:
+        return {f.event: {"waiting": f.waiting, "running": f.running, "limit": f.limit} for f in self.figures()}
+
+    @property
+    def total_waiting(self) -> int:
+        queue = getattr(self.demo, "_queue", None)
+        return len(queue) if queue is not None else 0
