@@ -1,0 +1,492 @@
+"""Session lifecycle: creation, restore, TTL, LRU cap, ending, per-session locking, counts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.sessions import Session, SessionManager
+from agent.settings import Settings
+from agent.store import MemoryStore, SessionStore, SQLiteStore
+
+TTL = 100.0
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def make(tmp_path: Path, clock: Clock, store: MemoryStore) -> Callable[..., SessionManager]:
+    def factory(*, max_sessions: int = 10, store: SessionStore = store) -> SessionManager:
+        return SessionManager(
+            idle_ttl_s=TTL,
+            max_sessions=max_sessions,
+            store=store,
+            upload_root=tmp_path / "uploads",
+            default_provider="sim",
+            default_model="sim-model",
+            clock=clock,
+        )
+
+    return factory
+
+
+@pytest.fixture
+def manager(make: Callable[..., SessionManager]) -> SessionManager:
+    return make()
+
+
+# ---------------------------------------------------------------- creation and lookup
+
+
+def test_first_get_or_create_makes_a_session_with_the_defaults(manager: SessionManager, clock: Clock) -> None:
+    session = manager.get_or_create("a")
+    assert (session.id, session.provider, session.model) == ("a", "sim", "sim-model")
+    assert session.created == session.last_active == clock.now
+    assert session.history == [] and session.turns == 0 and session.state == "idle"
+
+
+def test_get_or_create_returns_the_same_session_and_touches_it(manager: SessionManager, clock: Clock) -> None:
+    first = manager.get_or_create("a")
+    clock.advance(5)
+    assert manager.get_or_create("a") is first
+    assert first.last_active == clock.now and first.created == clock.now - 5
+
+
+def test_get_neither_creates_nor_touches(manager: SessionManager, clock: Clock) -> None:
+    assert manager.get("a") is None
+    assert manager.list() == []
+    session = manager.get_or_create("a")
+    clock.advance(5)
+    assert manager.get("a") is session
+    assert session.last_active == clock.now - 5
+
+
+def test_invalid_session_ids_are_refused(manager: SessionManager) -> None:
+    with pytest.raises(ValueError):
+        manager.get_or_create("")
+    with pytest.raises(ValueError):
+        manager.get_or_create("x" * 1000)
+    assert manager.get("") is None
+
+
+def test_list_is_most_recently_active_first(manager: SessionManager, clock: Clock) -> None:
+    for sid in ("a", "b", "c"):
+        manager.get_or_create(sid)
+        clock.advance(1)
+    manager.get_or_create("a")
+    assert [s.id for s in manager.list()] == ["a", "c", "b"]
+
+
+# ---------------------------------------------------------------- turns
+
+
+def test_a_turn_appends_gradio_messages_and_counts(manager: SessionManager) -> None:
+    session = manager.get_or_create("a")
+    manager.start_turn(session, "hello")
+    assert session.history == [{"role": "user", "content": "hello"}]
+    assert session.state == "running"
+    manager.finish_turn(session, "hi there", tokens=7, latency=1.5, ttft=0.2)
+    assert session.history[-1] == {"role": "assistant", "content": "hi there"}
+    assert (session.turns, session.tokens, session.errors, session.state) == (1, 7, 0, "idle")
+    assert list(session.latencies) == [1.5] and list(session.ttfts) == [0.2]
+
+
+def test_a_failed_turn_keeps_the_user_message_and_says_why(manager: SessionManager) -> None:
+    session = manager.get_or_create("a")
+    manager.record_turn(session, "hello", "partial", tokens=1, latency=3.0, error="provider error: HTTP 503")
+    assert session.history == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "partial\n\n⚠️ provider error: HTTP 503"},
+    ]
+    assert (session.turns, session.errors) == (1, 1)
+    assert list(session.ttfts) == []
+
+
+def test_a_second_turn_cannot_start_while_one_is_in_flight(manager: SessionManager) -> None:
+    session = manager.get_or_create("a")
+    manager.start_turn(session, "one")
+    with pytest.raises(RuntimeError, match="already has a turn in flight"):
+        manager.start_turn(session, "two")
+
+
+def test_finish_without_start_is_refused(manager: SessionManager) -> None:
+    with pytest.raises(RuntimeError, match="no turn in flight"):
+        manager.finish_turn(manager.get_or_create("a"), "reply")
+
+
+def test_a_completed_turn_is_in_the_store(manager: SessionManager, store: MemoryStore) -> None:
+    session = manager.get_or_create("a")
+    manager.start_turn(session, "hello")
+    assert store.load("a") is None  # only completed turns are persisted
+    manager.finish_turn(session, "hi", tokens=2)
+    record = store.load("a")
+    assert record["turns"] == 1 and record["tokens"] == 2
+    assert record["history"] == session.history
+
+
+def test_the_session_log_records_its_own_events(manager: SessionManager) -> None:
+    mine, other = manager.get_or_create("a"), manager.get_or_create("b")
+    manager.record_turn(mine, "hello", "hi", tokens=2, latency=0.5)
+    manager.attach_file(mine, "notes.txt", "abc")
+    lines = [message for _, message in mine.log]
+    assert any("turn 1 done" in line for line in lines)
+    assert any("notes.txt" in line for line in lines)
+    assert not any("turn" in message for _, message in other.log)
+
+
+def test_clear_forgets_the_conversation_here_and_in_the_store(manager: SessionManager, store: MemoryStore) -> None:
+    session = manager.get_or_create("a")
+    manager.record_turn(session, "hello", "hi")
+    manager.clear(session)
+    assert session.history == [] and session.turns == 1
+    assert store.load("a")["history"] == []
+
+
+def test_model_choice_and_files_persist(manager: SessionManager, store: MemoryStore) -> None:
+    session = manager.get_or_create("a")
+    manager.set_model(session, "openai", "gpt-4o-mini")
+    manager.attach_file(session, "a.txt", "alpha")
+    manager.attach_file(session, "b.txt", "beta")
+    assert manager.remove_file(session, "b.txt") is True
+    assert manager.remove_file(session, "b.txt") is False
+    record = store.load("a")
+    assert (record["provider"], record["model"], record["files"]) == ("openai", "gpt-4o-mini", {"a.txt": "alpha"})
+
+
+def test_summary_has_the_sessions_list_fields(manager: SessionManager) -> None:
+    session = manager.get_or_create("a")
+    manager.attach_file(session, "a.txt", "alpha")
+    manager.record_turn(session, "hello", "hi", tokens=3)
+    summary = session.to_summary()
+    for key in ("id", "created", "last_active", "turns", "tokens", "provider", "model", "state", "files"):
+        assert key in summary
+    assert summary["files"] == ["a.txt"] and summary["state"] == "idle" and summary["turns"] == 1
+    detail = session.to_detail()
+    assert detail["history"] == session.history and detail["files"] == {"a.txt": "alpha"}
+    assert detail["log"] and {"time", "message"} <= set(detail["log"][0])
+
+
+# ---------------------------------------------------------------- TTL and LRU
+
+
+def test_an_idle_session_expires_after_the_ttl(manager: SessionManager, clock: Clock, store: MemoryStore) -> None:
+    session = manager.get_or_create("a")
+    manager.record_turn(session, "hello", "hi")
+    clock.advance(TTL)
+    assert manager.sweep() == 0  # idle for exactly the TTL is still allowed
+    clock.advance(1)
+    assert manager.sweep() == 1
+    assert manager.get("a") is None and store.load("a") is None
+    assert session.ended == "expired" and session.history == []
+    assert manager.counts()["expired_total"] == 1
+
+
+def test_activity_postpones_expiry(manager: SessionManager, clock: Clock) -> None:
+    manager.get_or_create("a")
+    clock.advance(TTL - 1)
+    manager.get_or_create("a")
+    clock.advance(TTL - 1)
+    assert manager.sweep() == 0
+
+
+def test_a_running_session_never_expires(manager: SessionManager, clock: Clock) -> None:
+    session = manager.get_or_create("a")
+    manager.start_turn(session, "slow question")
+    clock.advance(TTL * 10)
+    assert manager.sweep() == 0
+    assert manager.get("a") is session
+
+
+def test_the_least_recently_active_session_is_evicted(make: Callable[..., SessionManager], clock: Clock) -> None:
+    manager = make(max_sessions=2)
+    a = manager.get_or_create("a")
+    clock.advance(1)
+    manager.get_or_create("b")
+    clock.advance(1)
+    manager.get_or_create("a")  # a is now more recent than b
+    clock.advance(1)
+    manager.get_or_create("c")
+    assert sorted(s.id for s in manager.list()) == ["a", "c"]
+    assert manager.get("a") is a
+    assert manager.counts()["evicted_total"] == 1
+
+
+def test_a_running_session_is_never_evicted(make: Callable[..., SessionManager], clock: Clock) -> None:
+    manager = make(max_sessions=2)
+    a = manager.get_or_create("a")
+    manager.start_turn(a, "slow question")  # a is the least recently active, but running
+    clock.advance(1)
+    manager.get_or_create("b")
+    clock.advance(1)
+    manager.get_or_create("c")
+    assert sorted(s.id for s in manager.list()) == ["a", "c"]
+
+
+async def test_a_session_holding_its_lock_is_never_evicted(make: Callable[..., SessionManager], clock: Clock) -> None:
+    manager = make(max_sessions=1)
+    a = manager.get_or_create("a")
+    async with a.lock:
+        clock.advance(1)
+        manager.get_or_create("b")
+        assert manager.get("a") is a
+
+
+def test_when_every_session_runs_the_cap_is_exceeded_then_trimmed(
+    make: Callable[..., SessionManager], clock: Clock
+) -> None:
+    manager = make(max_sessions=1)
+    a = manager.get_or_create("a")
+    manager.start_turn(a, "q")
+    clock.advance(1)
+    b = manager.get_or_create("b")
+    manager.start_turn(b, "q")
+    assert len(manager.list()) == 2
+    manager.finish_turn(a, "done")
+    assert manager.sweep() == 1
+    assert [s.id for s in manager.list()] == ["b"]
+
+
+# ---------------------------------------------------------------- ending
+
+
+def test_end_frees_everything_and_deletes_the_record(manager: SessionManager, store: MemoryStore) -> None:
+    session = manager.get_or_create("a")
+    folder = manager.upload_dir(session)
+    (folder / "upload.txt").write_text("data")
+    manager.attach_file(session, "upload.txt", "data")
+    manager.record_turn(session, "hello", "hi")
+    assert manager.end("a", "killed") is True
+    assert not folder.exists()
+    assert store.load("a") is None and manager.get("a") is None
+    assert (session.history, session.files, list(session.log), session.upload_dir) == ([], {}, [], None)
+    assert session.ended == "killed"
+    assert manager.counts()["ended_by_reason"] == {"killed": 1}
+
+
+def test_end_of_an_unknown_session_is_false(manager: SessionManager) -> None:
+    assert manager.end("nobody", "killed") is False
+
+
+def test_end_reaches_a_session_only_in_the_store(manager: SessionManager, store: MemoryStore) -> None:
+    store.save_session({"id": "elsewhere", "turns": 1})
+    assert manager.end("elsewhere", "killed") is True
+    assert store.load("elsewhere") is None
+
+
+def test_a_reply_finishing_after_a_kill_is_not_persisted(manager: SessionManager, store: MemoryStore) -> None:
+    session = manager.get_or_create("a")
+    manager.start_turn(session, "hello")
+    manager.end("a", "killed")
+    manager.finish_turn(session, "late reply")
+    assert store.load("a") is None
+    assert manager.get("a") is None
+
+
+def test_upload_dir_is_private_and_not_steered_by_the_id(manager: SessionManager, tmp_path: Path) -> None:
+    session = manager.get_or_create("../../escape")
+    folder = manager.upload_dir(session)
+    assert folder.parent == tmp_path / "uploads"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert manager.upload_dir(session) == folder
+
+
+def test_counts(make: Callable[..., SessionManager], clock: Clock) -> None:
+    manager = make(max_sessions=2)
+    a = manager.get_or_create("a")
+    clock.advance(1)
+    manager.get_or_create("b")
+    manager.start_turn(a, "q")
+    clock.advance(1)
+    manager.get_or_create("c")  # evicts b (a runs)
+    manager.end("c", "killed")
+    assert manager.counts() == {
+        "active": 1,
+        "running": 1,
+        "created_total": 3,
+        "restored_total": 0,
+        "evicted_total": 1,
+        "expired_total": 0,
+        "ended_total": 2,
+        "ended_by_reason": {"evicted": 1, "killed": 1},
+        "store_errors": 0,
+    }
+
+
+# ---------------------------------------------------------------- restore after a restart
+
+
+def test_a_restart_restores_every_persisted_session(make: Callable[..., SessionManager], tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    before = make(store=SQLiteStore(path))
+    session = before.get_or_create("browser-1")
+    before.set_model(session, "openrouter", "some/model")
+    before.attach_file(session, "a.txt", "alpha")
+    before.record_turn(session, "q1", "a1", tokens=4)
+    before.record_turn(session, "q2", "a2", tokens=5)
+    before.get_or_create("never-chatted")  # nothing to persist yet
+    before.close()
+
+    after = make(store=SQLiteStore(path))
+    try:
+        assert [s.id for s in after.list()] == ["browser-1"]
+        assert after.counts()["restored_total"] == 1
+        restored = after.get_or_create("browser-1")
+        assert [m["content"] for m in restored.history] == ["q1", "a1", "q2", "a2"]
+        assert (restored.turns, restored.tokens) == (2, 9)
+        assert (restored.provider, restored.model) == ("openrouter", "some/model")
+        assert restored.files == {"a.txt": "alpha"}
+        assert restored.created == session.created
+    finally:
+        after.close()
+
+
+def test_sessions_idle_past_the_ttl_are_dropped_at_restart(
+    make: Callable[..., SessionManager], clock: Clock, store: MemoryStore
+) -> None:
+    before = make()
+    before.record_turn(before.get_or_create("old"), "q", "a")
+    clock.advance(TTL / 2)
+    before.record_turn(before.get_or_create("recent"), "q", "a")
+    clock.advance(TTL / 2 + 1)
+    after = make()
+    assert [s.id for s in after.list()] == ["recent"]
+    assert store.load("old") is None
+
+
+def test_a_restart_keeps_at_most_max_sessions(
+    make: Callable[..., SessionManager], clock: Clock, store: MemoryStore
+) -> None:
+    before = make(max_sessions=10)
+    for sid in ("a", "b", "c"):
+        before.record_turn(before.get_or_create(sid), "q", "a")
+        clock.advance(1)
+    after = make(max_sessions=2)
+    assert sorted(s.id for s in after.list()) == ["b", "c"]
+    assert sorted(store.list_ids()) == ["b", "c"]
+
+
+def test_get_or_create_restores_a_record_written_elsewhere(manager: SessionManager, store: MemoryStore) -> None:
+    history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    store.append_messages(
+        "other-worker", history, meta={"id": "other-worker", "turns": 1, "provider": "openai", "model": "x"}
+    )
+    session = manager.get_or_create("other-worker")
+    assert session.history == history and session.turns == 1 and session.provider == "openai"
+    assert manager.counts()["restored_total"] == 1 and manager.counts()["created_total"] == 0
+
+
+def test_get_finds_a_persisted_session_for_the_admin(manager: SessionManager, store: MemoryStore) -> None:
+    store.save_session({"id": "persisted", "turns": 3})
+    session = manager.get("persisted")
+    assert session is not None and session.turns == 3
+
+
+def test_from_settings_uses_the_state_dir_and_reaps_dead_uploads(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / "uploads" / done.stdout.strip()
+    dead.mkdir(parents=True)
+    settings = Settings(sessions={"idle_ttl_s": 60, "max_sessions": 5}, llm={"provider": "sim", "model": "m1"})
+    manager = SessionManager.from_settings(settings, tmp_path)
+    try:
+        assert isinstance(manager.store, SQLiteStore) and (tmp_path / "sessions.db").exists()
+        assert manager.upload_root == tmp_path / "uploads" / str(os.getpid())
+        assert not dead.exists()
+        assert (manager.idle_ttl_s, manager.max_sessions, manager.default_model) == (60, 5, "m1")
+    finally:
+        manager.close()
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+async def test_the_lock_serialises_two_submits_of_one_session(manager: SessionManager) -> None:
+    session = manager.get_or_create("a")
+    order: list[str] = []
+    first_inside, release_first, second_trying = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def submit(name: str, inside: asyncio.Event | None, release: asyncio.Event | None) -> None:
+        if inside is None:
+            second_trying.set()
+        async with session.lock:
+            manager.start_turn(session, name)
+            order.append(f"{name} start")
+            if inside is not None and release is not None:
+                inside.set()
+                await release.wait()
+            manager.finish_turn(session, f"reply to {name}")
+            order.append(f"{name} end")
+
+    first = asyncio.create_task(submit("one", first_inside, release_first))
+    await first_inside.wait()
+    second = asyncio.create_task(submit("two", None, None))
+    await second_trying.wait()  # the second submit is now blocked on the lock
+    assert order == ["one start"] and session.state == "running"
+    release_first.set()
+    await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
+    assert order == ["one start", "one end", "two start", "two end"]
+    assert [m["content"] for m in session.history] == ["one", "reply to one", "two", "reply to two"]
+
+
+async def test_two_sessions_reply_in_parallel(manager: SessionManager) -> None:
+    x, y = manager.get_or_create("x"), manager.get_or_create("y")
+    x_inside, y_inside = asyncio.Event(), asyncio.Event()
+
+    async def submit(session: Session, mine: asyncio.Event, theirs: asyncio.Event) -> None:
+        async with session.lock:
+            manager.start_turn(session, "q")
+            mine.set()
+            await theirs.wait()  # only returns if the other session is generating at the same time
+            manager.finish_turn(session, "a")
+
+    # A deadlock here (caught by the timeout) would mean one session's reply waits for the other's.
+    await asyncio.wait_for(asyncio.gather(submit(x, x_inside, y_inside), submit(y, y_inside, x_inside)), timeout=10)
+    assert x.turns == y.turns == 1
+
+
+async def test_the_sweeper_ends_expired_sessions(manager: SessionManager, clock: Clock) -> None:
+    manager.get_or_create("a")
+    clock.advance(TTL + 1)
+    swept = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    original = manager.sweep
+
+    def sweep() -> int:
+        ended = original()
+        loop.call_soon_threadsafe(swept.set)
+        return ended
+
+    manager.sweep = sweep  # type: ignore[method-assign]
+    task = asyncio.create_task(manager.run_sweeper(0.01))
+    try:
+        await asyncio.wait_for(swept.wait(), timeout=10)
+    finally:
+        task.cancel()
+    assert manager.get("a") is None
