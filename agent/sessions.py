@@ -8,13 +8,13 @@ interleave while different sessions run in parallel (there is no global lock aro
 A turn has two halves, so the history stays in Gradio's messages format even when a reply fails::
 
     async with session.lock:
-        manager.start_turn(session, text)          # the user message joins the history now
+        manager.start_turn(session, text)      # the user message joins the history now
         ...stream the reply...
-        manager.finish_turn(session, reply, tokens=n, latency=s, ttft=t, error=None or "clear message")
+        manager.finish_turn(session, reply, tokens=n, latency=s, ttft=t, error=None or "timeout")
 
-``finish_turn`` appends the assistant message (on failure, the partial reply followed by a ``⚠️`` notice),
-updates the counters and writes the completed turn to the store in one transaction. :meth:`record_turn`
-does both halves at once for callers that do not stream.
+``finish_turn`` appends the assistant message as given (on failure the caller has put the clear message
+in it), counts the turn (failed when ``error`` names a class) and writes user message, reply and counters
+to the store in one transaction. :meth:`record_turn` does both halves at once, at the end of the reply.
 
 Durability: every persisted session is loaded when a manager starts, so after a restart (even ``kill -9``)
 ``list()`` and the admin API show every completed turn and a returning browser gets its history back.
@@ -73,7 +73,7 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     turns: int = 0
     tokens: int = 0
-    errors: int = 0
+    errors: int = 0  # failed turns
     latencies: deque[float] = field(default_factory=_recent, repr=False)
     ttfts: deque[float] = field(default_factory=_recent, repr=False)
     log: deque[tuple[float, str]] = field(default_factory=_log, repr=False)
@@ -86,7 +86,10 @@ class Session:
         return "running" if self.pending is not None or self.lock.locked() else "idle"
 
     def note(self, message: str) -> None:
-        """Add a line to this session's own log (the Logs tab shows it to this session only)."""
+        """Add a line to this session's own log (the Logs tab shows it to this session only).
+
+        The manager notes only what callers cannot see (created, restored); the app notes chat events.
+        """
         self.log.append((self.clock(), message))
 
     def meta(self) -> dict[str, Any]:
@@ -363,7 +366,6 @@ class SessionManager:
         session.history.append(message)
         session.pending = message
         self._touch(session)
-        session.note(f"turn {session.turns + 1} started ({len(user_message)} chars)")
         return message
 
     def finish_turn(
@@ -378,16 +380,14 @@ class SessionManager:
     ) -> dict[str, Any]:
         """Append the assistant message, count the turn and persist it; returns the assistant message.
 
-        With ``error`` the turn counts as failed and the message shows the partial reply (if any)
-        followed by ``⚠️ <error>``, so the chat tells the user what went wrong.
+        ``reply`` is shown as given: on failure the caller puts the clear message in it (e.g. the partial
+        reply then ``⚠️ …``). ``error`` is the failure class (``timeout``, ``stopped``…): it marks the
+        turn failed and is counted; an empty failed reply becomes ``⚠️ The reply failed (<error>).``.
         """
         user = session.pending
         if user is None:
             raise RuntimeError(f"session {session.id[:8]}… has no turn in flight; call start_turn first")
-        content = reply
-        if error is not None:
-            notice = f"⚠️ {error}"
-            content = f"{reply}\n\n{notice}" if reply else notice
+        content = reply if reply or error is None else f"⚠️ The reply failed ({error})."
         assistant = {"role": "assistant", "content": content}
         session.history.append(assistant)
         session.pending = None
@@ -397,12 +397,8 @@ class SessionManager:
             session.latencies.append(latency)
         if ttft is not None:
             session.ttfts.append(ttft)
-        if error is None:
-            took = f" in {latency:.2f}s" if latency is not None else ""
-            session.note(f"turn {session.turns} done{took}, {tokens} tokens")
-        else:
+        if error is not None:
             session.errors += 1
-            session.note(f"turn {session.turns} failed: {error}")
         self._touch(session)
         self._persist(session, "append_messages", session.id, [user, assistant], meta=session.meta())
         return assistant
@@ -422,28 +418,48 @@ class SessionManager:
         self.start_turn(session, user_message)
         return self.finish_turn(session, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
 
-    def clear(self, session: Session) -> None:
-        """Forget the conversation (the Clear button); files, counters and a turn in flight stay."""
+    def clear_history(self, session_id: str) -> bool:
+        """Forget a conversation (the Clear button) here and in the store; False for an unknown session.
+
+        Files, counters and a turn in flight stay.
+        """
+        session = self.get(session_id)
+        if session is None:
+            return False
         session.history[:] = [session.pending] if session.pending is not None else []
-        session.note("conversation cleared")
         self._persist(session, "clear_messages", session.id)
+        return True
+
+    def known(self, session_id: str) -> bool:
+        """Whether a session exists (live or persisted): a returning browser may reclaim it."""
+        return self.get(session_id) is not None
+
+    def release(self, session_id: str) -> bool:
+        """The browser tab closed (Gradio's unload); True when that ended the session.
+
+        A session with a conversation or files stays until its idle TTL, so a reload or a returning
+        browser gets it back; one with nothing to come back to (a page view that never chatted) is
+        freed at once.
+        """
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None or session.history or session.files or session.state == "running":
+            return False
+        return self.end(session_id, "unload")
 
     def set_model(self, session: Session, provider: str, model: str) -> None:
         """This session's provider and model from now on (the caller checks they are offered)."""
         session.provider, session.model = provider, model
-        session.note(f"provider {provider}, model {model or '(provider default)'}")
         self._persist(session, "save_session", session.meta())
 
     def attach_file(self, session: Session, name: str, content: str) -> None:
         """Add (or replace) a text file in this session's context."""
         session.files[name] = content
-        session.note(f"file attached: {name} ({len(content)} chars)")
         self._persist(session, "save_file", session.id, name, content, meta=session.meta())
 
     def remove_file(self, session: Session, name: str) -> bool:
         if session.files.pop(name, None) is None:
             return False
-        session.note(f"file removed: {name}")
         self._persist(session, "delete_file", session.id, name)
         return True
 

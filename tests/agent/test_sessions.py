@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sessions import Session, SessionManager
+from agent.sessions import LOG_LINES, Session, SessionManager
 from agent.settings import Settings
 from agent.store import MemoryStore, SessionStore, SQLiteStore
 
@@ -119,15 +119,23 @@ def test_a_turn_appends_gradio_messages_and_counts(manager: SessionManager) -> N
     assert list(session.latencies) == [1.5] and list(session.ttfts) == [0.2]
 
 
-def test_a_failed_turn_keeps_the_user_message_and_says_why(manager: SessionManager) -> None:
+def test_a_failed_turn_keeps_the_user_message_and_the_callers_notice(manager: SessionManager) -> None:
     session = manager.get_or_create("a")
-    manager.record_turn(session, "hello", "partial", tokens=1, latency=3.0, error="provider error: HTTP 503")
+    manager.start_turn(session, "hello")
+    assert session.history == [{"role": "user", "content": "hello"}]  # there while the reply runs
+    manager.finish_turn(session, "partial\n\n⚠️ The provider answered HTTP 503.", latency=3.0, error="http_error")
     assert session.history == [
         {"role": "user", "content": "hello"},
-        {"role": "assistant", "content": "partial\n\n⚠️ provider error: HTTP 503"},
+        {"role": "assistant", "content": "partial\n\n⚠️ The provider answered HTTP 503."},
     ]
     assert (session.turns, session.errors) == (1, 1)
     assert list(session.ttfts) == []
+
+
+def test_a_failed_turn_without_text_still_answers(manager: SessionManager) -> None:
+    session = manager.get_or_create("a")
+    manager.record_turn(session, "hello", "", error="timeout")
+    assert session.history[-1] == {"role": "assistant", "content": "⚠️ The reply failed (timeout)."}
 
 
 def test_a_second_turn_cannot_start_while_one_is_in_flight(manager: SessionManager) -> None:
@@ -152,22 +160,42 @@ def test_a_completed_turn_is_in_the_store(manager: SessionManager, store: Memory
     assert record["history"] == session.history
 
 
-def test_the_session_log_records_its_own_events(manager: SessionManager) -> None:
+def test_the_session_log_is_bounded_and_its_own(manager: SessionManager, clock: Clock) -> None:
     mine, other = manager.get_or_create("a"), manager.get_or_create("b")
-    manager.record_turn(mine, "hello", "hi", tokens=2, latency=0.5)
-    manager.attach_file(mine, "notes.txt", "abc")
-    lines = [message for _, message in mine.log]
-    assert any("turn 1 done" in line for line in lines)
-    assert any("notes.txt" in line for line in lines)
-    assert not any("turn" in message for _, message in other.log)
+    for i in range(500):
+        mine.note(f"event {i}")
+    assert len(mine.log) == LOG_LINES and mine.log[-1] == (clock.now, "event 499")
+    assert [message for _, message in other.log] == ["session created"]
 
 
 def test_clear_forgets_the_conversation_here_and_in_the_store(manager: SessionManager, store: MemoryStore) -> None:
     session = manager.get_or_create("a")
     manager.record_turn(session, "hello", "hi")
-    manager.clear(session)
+    assert manager.clear_history("a") is True
     assert session.history == [] and session.turns == 1
     assert store.load("a")["history"] == []
+    assert manager.clear_history("nobody") is False
+
+
+def test_release_frees_a_page_view_that_never_chatted(manager: SessionManager) -> None:
+    manager.get_or_create("viewer")
+    assert manager.release("viewer") is True
+    assert manager.get("viewer") is None
+    assert manager.counts()["ended_by_reason"] == {"unload": 1}
+
+
+def test_release_keeps_a_conversation_for_the_returning_browser(manager: SessionManager) -> None:
+    session = manager.get_or_create("chatter")
+    manager.record_turn(session, "hello", "hi")
+    assert manager.release("chatter") is False
+    assert manager.known("chatter") and manager.get("chatter") is session
+
+
+def test_known_sees_live_and_persisted_sessions(manager: SessionManager, store: MemoryStore) -> None:
+    manager.get_or_create("live")
+    store.save_session({"id": "persisted"})
+    assert manager.known("live") and manager.known("persisted")
+    assert not manager.known("nobody") and not manager.known("")
 
 
 def test_model_choice_and_files_persist(manager: SessionManager, store: MemoryStore) -> None:
