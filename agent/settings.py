@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 import types
 import typing
@@ -42,13 +43,15 @@ class _Group(BaseModel):
 
 
 class QueueSettings(_Group):
-    enabled: bool = _key(True, "Configure Gradio's queue from these settings (false: Gradio's defaults).", "GRADIO_ENABLE_QUEUE")
+    enabled: bool = _key(
+        True, "Configure Gradio's queue from these settings (false: Gradio's defaults).", "GRADIO_ENABLE_QUEUE"
+    )
     default_concurrency_limit: int = _key(
         5, "Running jobs per event that sets no limit of its own.", "GRADIO_CONCURRENCY_LIMIT", ge=1, le=10_000
     )
     status_update_rate: Union[Literal["auto"], Annotated[float, Gt(0), Le(3600)]] = _key(
         "auto",
-        "Seconds between queue status messages, or 'auto' (a message to every waiter per finished job).",
+        "Seconds between queue status messages, or 'auto' (an estimate to every waiting client whenever a job starts).",
         "GRADIO_STATUS_UPDATE_RATE",
     )
     max_size: int | None = _key(
@@ -98,7 +101,9 @@ class StreamSettings(_Group):
 
 class SessionSettings(_Group):
     idle_ttl_s: float = _key(3600.0, "Seconds a session may stay idle before it is freed.", ge=1, le=30 * 86_400)
-    max_sessions: int = _key(1000, "Sessions kept at once; the least recently used is evicted beyond it.", ge=1, le=1_000_000)
+    max_sessions: int = _key(
+        1000, "Sessions kept at once; the least recently used is evicted beyond it.", ge=1, le=1_000_000
+    )
     store: str = _key(
         "sqlite", "Where conversations persist: sqlite (embedded), memory, or a redis:// URL.",
         pattern=r"^(sqlite|memory|rediss?://.+)$",
@@ -261,10 +266,7 @@ def describe_allowed(info: FieldInfo) -> str:
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
     optional = type(None) in args
-    if origin in (Union, types.UnionType):
-        parts = [a for a in args if a is not type(None)]
-    else:
-        parts = [ann]
+    parts = [a for a in args if a is not type(None)] if origin in (Union, types.UnionType) else [ann]
     described: list[str] = []
     for part in parts:
         described.append(_describe_type(part, info if len(parts) == 1 else None))
@@ -275,7 +277,7 @@ def describe_allowed(info: FieldInfo) -> str:
 def _describe_type(ann: Any, info: FieldInfo | None) -> str:
     origin = typing.get_origin(ann)
     if origin is Literal:
-        return "|".join(str(a) for a in typing.get_args(ann))
+        return " | ".join(str(a) for a in typing.get_args(ann))
     if origin is Annotated:
         base, *meta = typing.get_args(ann)
         holder = FieldInfo.from_annotation(ann)
@@ -305,62 +307,12 @@ def _describe_type(ann: Any, info: FieldInfo | None) -> str:
         for meta in info.metadata:
             pattern = getattr(meta, "pattern", None)
             if pattern:
-                return "sqlite|memory|redis://…" if "redis" in pattern else f"text matching {pattern}"
+                return "sqlite | memory | redis://…" if "redis" in pattern else f"text matching {pattern}"
         return "text"
     return _type_name(ann)
 
 
-# --------------------------------------------------------------------------- profiles
-
-
-def shipped_profiles_dir() -> Path:
-    """Profiles that come with cmw: in the wheel (agent/profiles) or a checkout (./profiles)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "profiles", here.parent / "profiles"):
-        if candidate.is_dir():
-            return candidate
-    return here / "profiles"
-
-
-def profile_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
-    """Directories searched for profiles by name, user directory first."""
-    environ = os.environ if environ is None else environ
-    dirs: list[Path] = []
-    if environ.get("CMW_PROFILES_DIR"):
-        dirs.append(Path(environ["CMW_PROFILES_DIR"]).expanduser())
-    dirs.append(shipped_profiles_dir())
-    return dirs
-
-
-def available_profiles(environ: Mapping[str, str] | None = None) -> dict[str, Path]:
-    """Profile name → file; a user profile shadows a shipped one of the same name."""
-    found: dict[str, Path] = {}
-    for directory in reversed(profile_dirs(environ)):
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.toml")):
-                found[path.stem] = path
-    return dict(sorted(found.items()))
-
-
-def resolve_profile(profile: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
-    """Turn a profile name or path into a file, or raise ConfigError listing what exists."""
-    environ = os.environ if environ is None else environ
-    name = str(profile) if profile else environ.get("CMW_PROFILE") or DEFAULT_PROFILE
-    looks_like_path = name.endswith(".toml") or os.sep in name or name.startswith(".")
-    if looks_like_path:
-        path = Path(name).expanduser()
-        if path.is_file():
-            return path.resolve()
-        raise ConfigError([Problem(f"profile file {name} does not exist")])
-    profiles = available_profiles(environ)
-    if name in profiles:
-        return profiles[name]
-    hint = _did_you_mean(name, profiles)
-    listing = ", ".join(profiles) or "none"
-    raise ConfigError([Problem(f"unknown profile '{name}'{hint}; available: {listing} (or a path to a .toml file)")])
-
-
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- problems
 
 
 @dataclass(frozen=True)
@@ -381,13 +333,107 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+def _short(value: Any) -> str:
+    """repr() of a bad value, cut so one problem stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(word: str, candidates: Any) -> str:
+    """' (did you mean X?)' for a misspelt or misplaced name, else ''."""
+    names = list(candidates)
+    leaf = word.rpartition(".")[2].rpartition("__")[2].lower()
+    # A right name in the wrong section (`[queue] chat_concurrency_limit`) is the commonest slip.
+    moved = [n for n in names if n.rpartition(".")[2].rpartition("__")[2].lower() == leaf and n != word]
+    match = moved or difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def shipped_profiles_dir() -> Path:
+    """Profiles that come with cmw: in the wheel (agent/profiles) or a checkout (./profiles)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "profiles", here.parent / "profiles"):
+        if candidate.is_dir():
+            return candidate
+    return here / "profiles"
+
+
+def user_profiles_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where `cmw config init` writes and names are looked up first: $CMW_PROFILES_DIR or ~/.config/cmw/profiles."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CMW_PROFILES_DIR"):
+        return Path(environ["CMW_PROFILES_DIR"]).expanduser()
+    return Path(environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / "cmw" / "profiles"
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the session database and admin token live when server.state_dir is empty."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("XDG_STATE_HOME") or "~/.local/state").expanduser() / "cmw"
+
+
+def profile_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Directories searched for profiles by name, user directory first."""
+    return [user_profiles_dir(environ), shipped_profiles_dir()]
+
+
+def available_profiles(environ: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Profile name → file; a user profile shadows a shipped one of the same name."""
+    found: dict[str, Path] = {}
+    for directory in reversed(profile_dirs(environ)):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.toml")):
+                found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
+def looks_like_path(name: str) -> bool:
+    """A profile argument naming a file rather than a profile."""
+    return name.endswith(".toml") or "/" in name or os.sep in name or name.startswith((".", "~"))
+
+
+def resolve_profile(profile: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
+    """Turn a profile name or path into a file, or raise ConfigError listing what exists."""
+    environ = os.environ if environ is None else environ
+    if profile:
+        name, origin = str(profile), "--profile"
+    elif environ.get("CMW_PROFILE"):
+        name, origin = environ["CMW_PROFILE"], "env CMW_PROFILE"
+    else:
+        name, origin = DEFAULT_PROFILE, "default"
+    profiles = available_profiles(environ)
+    listing = ", ".join(profiles) or "none"
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path.resolve()
+        state = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError([Problem(f"profile file {name} (from {origin}) {state}; available profiles: {listing}")])
+    if name in profiles:
+        return profiles[name]
+    raise ConfigError(
+        [
+            Problem(
+                f"unknown profile '{name}' (from {origin}){_suggest(name, profiles)}; available: {listing} "
+                f"(in {user_profiles_dir(environ)} and {shipped_profiles_dir()}), or give a path to a .toml file"
+            )
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
 @dataclass
 class Raw:
-    """A value as some source supplied it, before validation."""
+    """A value as some source supplied it, read but not yet validated."""
 
     value: Any
     source: str  # default | profile:<path> | .env | env:NAME | --flag / --set
-    origin: str  # where exactly, for error messages: "file.toml: [events] chat_…", "env CHAT_…"
+    origin: str  # where exactly, for error messages: "file.toml [events] chat_…", "env CHAT_…"
 
 
 @dataclass
@@ -426,9 +472,49 @@ def display_value(value: Any, spec: KeySpec | None = None) -> Any:
     return value
 
 
-def _did_you_mean(word: str, candidates: Any) -> str:
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+GROUPS: frozenset[str] = frozenset(key.partition(".")[0] for key in REGISTRY if "." in key)
+# Free text a profile may carry about itself; not a setting.
+PROFILE_META = ("profile.description", "description")
+
+
+def _optional(spec: KeySpec) -> bool:
+    return type(None) in typing.get_args(spec.field.annotation)
+
+
+def _is_list(spec: KeySpec) -> bool:
+    arms = [a for a in typing.get_args(spec.field.annotation) if a is not type(None)] or [spec.field.annotation]
+    return any(typing.get_origin(a) is list for a in arms) or typing.get_origin(spec.field.annotation) is list
+
+
+def _is_text(spec: KeySpec) -> bool:
+    """Keys whose values are free text: `--set llm.model=4o` must not become a number."""
+    arms = [a for a in typing.get_args(spec.field.annotation) if a is not type(None)] or [spec.field.annotation]
+    return all(a in (str, SecretStr, Path) for a in arms)
+
+
+def _parse_scalar(text: str) -> Any:
+    """A TOML literal when the text is one (`4`, `2.0`, `true`, `[1, 2]`), else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _from_text(text: str, spec: KeySpec, *, unquote: bool = False) -> Any:
+    """Read a value given as text (env, .env, --set) the way a person means it."""
+    stripped = text.strip()
+    if stripped == "" and _optional(spec):
+        return None
+    if _is_list(spec):
+        if stripped.startswith("["):
+            return _parse_scalar(stripped)
+        return [_parse_scalar(item.strip()) for item in stripped.split(",") if item.strip()]
+    if _is_text(spec):
+        if unquote and stripped[:1] in ("'", '"'):
+            parsed = _parse_scalar(stripped)
+            return parsed if isinstance(parsed, str) else text
+        return text
+    return _parse_scalar(stripped)
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -440,59 +526,96 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
             yield key, value
 
 
-def read_profile(path: Path) -> dict[str, Raw]:
-    """Read a profile TOML into raw values, reporting syntax errors and unknown keys."""
+def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """`file:line:col: TOML syntax error: why`, the shape editors and people both read."""
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+    if match:
+        reason = message[: match.start()] + message[match.end() :]
+        return f"{path}:{match[1]}:{match[2]}: TOML syntax error: {reason.strip()}"
+    return f"{path}: TOML syntax error: {message}"
+
+
+def _read_profile(path: Path) -> tuple[dict[str, Raw], list[Problem]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([Problem(f"{path}: cannot read profile: {exc.strerror}")]) from None
+        return {}, [Problem(f"{path}: cannot read profile: {exc.strerror or exc}")]
+    except UnicodeDecodeError:
+        return {}, [Problem(f"{path}: cannot read profile: not UTF-8 text")]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem(f"{path}: TOML syntax error: {exc}")]) from None
+        return {}, [Problem(_toml_error(path, exc))]
     values: dict[str, Raw] = {}
     problems: list[Problem] = []
     for key, value in _flatten(data):
-        if key in ("profile.description", "description"):
-            continue  # free text describing the profile itself
-        if key not in REGISTRY:
-            problems.append(Problem(f"{path}: unknown key '{key}'{_did_you_mean(key, REGISTRY)}"))
+        if key in PROFILE_META:
             continue
         section, _, name = key.rpartition(".")
-        where = f"{path}: [{section}] {name}" if section else f"{path}: {name}"
-        values[key] = Raw(value, f"profile:{path}", where)
+        where = f"{path} [{section}] {name}" if section else f"{path} {name}"
+        if key in GROUPS:
+            problems.append(Problem(f"{key} = {_short(value)} (from {where}): {key} is a group; write a [{key}] table"))
+        elif key not in REGISTRY:
+            hint = _suggest(key, [*REGISTRY, "profile.description"])
+            problems.append(Problem(f"{key} (from {where}): unknown key{hint}; `cmw config show` lists every key"))
+        else:
+            spec = REGISTRY[key]
+            # TOML has no null: an empty string stands for "empty" in an optional key.
+            value = None if value == "" and _optional(spec) else value
+            values[key] = Raw(value, f"profile:{path}", where)
+    return values, problems
+
+
+def read_profile(path: Path) -> dict[str, Raw]:
+    """Read a profile TOML into raw values, raising ConfigError on syntax errors and unknown keys."""
+    values, problems = _read_profile(path)
     if problems:
         raise ConfigError(problems)
     return values
 
 
-def read_environ(environ: Mapping[str, str], source: str) -> dict[str, Raw]:
-    """Map env vars (seed names and CMW_<GROUP>__<KEY>) to keys; unknown CMW_ names are errors."""
+def _read_environ(environ: Mapping[str, str], dotenv: Path | None = None) -> tuple[dict[str, Raw], list[Problem]]:
     values: dict[str, Raw] = {}
     problems: list[Problem] = []
-    for name, value in environ.items():
+    for name, text in environ.items():
+        where = f"{dotenv} {name}" if dotenv else f"env {name}"
         key = ENV_TO_KEY.get(name)
         if key is None:
             if name.startswith(ENV_PREFIX) and name not in LOADER_ENV:
-                hint = _did_you_mean(name, ENV_TO_KEY)
-                problems.append(Problem(f"{_where_env(source, name)}: unknown setting{hint}"))
+                hint = _suggest(name, [*ENV_TO_KEY, *LOADER_ENV])
+                problems.append(Problem(f"{name} (from {where}): unknown setting{hint}"))
             continue
-        label = source if source == ".env" else f"env:{name}"
-        prior = values.get(key)
         # A CMW_ name is the explicit, namespaced spelling: it wins over a seed name.
-        if prior is None or name.startswith(ENV_PREFIX):
-            values[key] = Raw(value, label, _where_env(source, name))
+        if key not in values or name.startswith(ENV_PREFIX):
+            values[key] = Raw(_from_text(text, REGISTRY[key]), ".env" if dotenv else f"env:{name}", where)
+    return values, problems
+
+
+def read_environ(environ: Mapping[str, str], source: str = "env") -> dict[str, Raw]:
+    """Map env vars (seed names and CMW_<GROUP>__<KEY>) to keys; unknown CMW_ names are errors."""
+    values, problems = _read_environ(environ, Path(".env") if source == ".env" else None)
     if problems:
         raise ConfigError(problems)
     return values
 
 
-def _where_env(source: str, name: str) -> str:
-    return f".env {name}" if source == ".env" else f"env {name}"
+def _read_dotenv(path: Path) -> tuple[dict[str, str], list[Problem]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return {}, [Problem(f"{path}: cannot read .env: {exc.strerror or exc}")]
+    except UnicodeDecodeError:
+        return {}, [Problem(f"{path}: cannot read .env: not UTF-8 text")]
+    import io
+
+    from dotenv import dotenv_values  # only when a .env exists: it costs start-up time
+
+    parsed = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in parsed.items() if v is not None}, []
 
 
-def parse_assignments(pairs: list[str], label: str = "--set") -> dict[str, Raw]:
-    """Parse ``key=value`` flags; values are read as TOML when they parse, else as text."""
+def _parse_assignments(pairs: list[str], label: str) -> tuple[dict[str, Raw], list[Problem]]:
     values: dict[str, Raw] = {}
     problems: list[Problem] = []
     for pair in pairs:
@@ -500,29 +623,35 @@ def parse_assignments(pairs: list[str], label: str = "--set") -> dict[str, Raw]:
         key = key.strip()
         if not sep or not key:
             problems.append(Problem(f"{label} {pair!r}: expected KEY=VALUE, e.g. events.chat_concurrency_limit=4"))
-            continue
-        if key not in REGISTRY:
-            problems.append(Problem(f"{label} {key}: unknown key{_did_you_mean(key, REGISTRY)}"))
-            continue
-        value = text if _is_text(REGISTRY[key]) else _parse_scalar(text)
-        values[key] = Raw(value, label, f"{label} {key}")
+        elif key not in REGISTRY:
+            hint = _suggest(key, REGISTRY)
+            problems.append(Problem(f"{key} (from {label} {key}): unknown key{hint}; `cmw config show` lists them"))
+        else:
+            values[key] = Raw(_from_text(text, REGISTRY[key], unquote=True), label, f"{label} {key}")
+    return values, problems
+
+
+def parse_assignments(pairs: list[str], label: str = "--set") -> dict[str, Raw]:
+    """Parse ``key=value`` flags; values are read as TOML literals when they are one, else as text."""
+    values, problems = _parse_assignments(pairs, label)
     if problems:
         raise ConfigError(problems)
     return values
 
 
-def _is_text(spec: KeySpec) -> bool:
-    """Keys whose values are text: `--set llm.model=4o` must not become a number."""
-    return any(name in str(spec.field.annotation) for name in ("str", "SecretStr", "Path")) and "Literal" not in str(
-        spec.field.annotation
-    )
-
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+def _read_flags(flags: Mapping[str, Any], default_label: str) -> tuple[dict[str, Raw], list[Problem]]:
+    values: dict[str, Raw] = {}
+    problems: list[Problem] = []
+    for key, given in flags.items():
+        flag = default_label if default_label == "--set" else "--" + key.rpartition(".")[2].replace("_", "-")
+        value, label = given if isinstance(given, tuple) else (given, flag)
+        if value is None and default_label != "--set":
+            continue  # a dedicated flag left out
+        if key not in REGISTRY:
+            problems.append(Problem(f"{key} (from {label}): unknown key{_suggest(key, REGISTRY)}"))
+            continue
+        values[key] = Raw(value, label, f"{label} {key}" if label == "--set" else label)
+    return values, problems
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -536,93 +665,177 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _env_value(raw: Raw, spec: KeySpec) -> Any:
-    """Env and .env values are text; lists and empty optionals need reading first."""
-    if not isinstance(raw.value, str) or not raw.source.startswith(("env:", ".env")):
-        return raw.value
-    text = raw.value.strip()
-    if text == "" and "None" in str(spec.field.annotation):
-        return None
-    if typing.get_origin(spec.field.annotation) is list:
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return raw.value
-
-
 def load_settings(
     profile: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | list[str] | None = None,
     *,
+    flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = ".env",
     use_profile: bool = True,
 ) -> LoadedSettings:
-    """Merge defaults, profile, .env, environment and overrides; validate; record sources.
+    """Merge defaults, profile, .env, environment, ``--set`` and flags; validate; record sources.
 
-    ``overrides`` is either ``["key=value", ...]`` (from ``--set``) or a mapping of dotted key to
-    value or ``(value, label)`` (from dedicated flags such as ``--port``).
+    ``overrides`` is ``["key=value", ...]`` (from ``--set``) or a mapping of dotted key to value or
+    ``(value, label)``. ``flags`` maps dotted keys of dedicated flags (``--port``) to ``(value,
+    "--port")`` or a bare value; ``None`` means the flag was not given. Flags outrank ``--set``.
+    Every problem of every source is collected before ConfigError is raised.
     """
     environ = dict(os.environ if environ is None else environ)
-    if env_file is not None and "CMW_ENV_FILE" in environ:
-        env_file = environ["CMW_ENV_FILE"]
-    merged: dict[str, Raw] = {}
-    profile_path: Path | None = None
     problems: list[Problem] = []
+    layers: list[dict[str, Raw]] = []
 
-    def layer(reader: Any, *args: Any) -> None:
-        try:
-            merged.update(reader(*args))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+    def add(result: tuple[dict[str, Raw], list[Problem]]) -> None:
+        layers.append(result[0])
+        problems.extend(result[1])
 
+    dotenv_path: Path | None = None
+    dotenv: dict[str, str] = {}
+    if env_file is not None:
+        explicit = environ.get("CMW_ENV_FILE")
+        dotenv_path = Path(explicit or env_file).expanduser()
+        if dotenv_path.is_file():
+            dotenv, trouble = _read_dotenv(dotenv_path)
+            problems.extend(trouble)
+        elif explicit:
+            problems.append(Problem(f"CMW_ENV_FILE={explicit} (from env CMW_ENV_FILE): no such file"))
+    # CMW_PROFILE and CMW_PROFILES_DIR may live in .env too; the environment still wins.
+    selector_env = {**{k: dotenv[k] for k in LOADER_ENV if k in dotenv}, **environ}
+
+    profile_path: Path | None = None
     if use_profile:
         try:
-            profile_path = resolve_profile(profile, environ)
+            profile_path = resolve_profile(profile, selector_env)
         except ConfigError as exc:
-            raise exc from None
-        layer(read_profile, profile_path)
-    if env_file is not None and Path(env_file).is_file():
-        from dotenv import dotenv_values
-
-        dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-        layer(read_environ, dotenv, ".env")
-    layer(read_environ, environ, "env")
+            problems.extend(exc.problems)
+        else:
+            add(_read_profile(profile_path))
+    if dotenv:
+        add(_read_environ(dotenv, dotenv_path))
+    add(_read_environ(environ))
     if isinstance(overrides, list):
-        layer(parse_assignments, overrides)
+        add(_parse_assignments(overrides, "--set"))
     elif overrides:
-        for key, value in overrides.items():
-            if key not in REGISTRY:
-                problems.append(Problem(f"unknown key '{key}'{_did_you_mean(key, REGISTRY)}"))
-                continue
-            value, label = value if isinstance(value, tuple) else (value, "--set")
-            merged[key] = Raw(value, label, f"{label} {key}" if label == "--set" else label)
-    if problems:
-        raise ConfigError(problems)
+        add(_read_flags(overrides, "--set"))
+    if flags:
+        add(_read_flags(flags, "flag"))
 
-    flat = {key: _env_value(raw, REGISTRY[key]) for key, raw in merged.items()}
+    merged: dict[str, Raw] = {}
+    for layer in layers:
+        merged.update(layer)
+    settings: Settings | None = None
     try:
-        settings = Settings(**_nest(flat))
+        settings = Settings(**_nest({key: raw.value for key, raw in merged.items()}))
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, merged)) from None
+        problems.extend(_explain(exc, merged))
+    if problems or settings is None:
+        raise ConfigError(problems)
     loaded = LoadedSettings(settings, {k: raw.source for k, raw in merged.items()}, profile_path)
-    loaded.warnings = check_effect(settings)
+    loaded.warnings = check_effect(settings) + _environment_warnings(settings, environ)
     return loaded
 
 
+def load_profile(
+    profile: str | os.PathLike[str] | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+) -> LoadedSettings:
+    """A profile on its own: defaults overlaid with that file, for comparing and validating profiles.
+
+    The environment and ``.env`` only say where profiles live (CMW_PROFILES_DIR, CMW_PROFILE); their
+    settings are not applied, so ``validate`` and ``diff`` judge the file, not this shell.
+    """
+    environ = os.environ if environ is None else environ
+    selector = {k: environ[k] for k in LOADER_ENV if k in environ}
+    if env_file is not None:
+        path = Path(selector.get("CMW_ENV_FILE") or env_file).expanduser()
+        if path.is_file():
+            dotenv, _ = _read_dotenv(path)
+            selector = {**{k: dotenv[k] for k in LOADER_ENV if k in dotenv}, **selector}
+    selector.pop("CMW_ENV_FILE", None)
+    return load_settings(profile, environ=selector, env_file=None)
+
+
+def profile_description(path: Path) -> str:
+    """The free-text ``[profile] description`` of a profile file ('' when absent or unreadable)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ""
+    table = data.get("profile")
+    text = table.get("description") if isinstance(table, dict) else data.get("description")
+    return text if isinstance(text, str) else ""
+
+
+def _toml_literal(value: Any) -> str:
+    import tomli_w
+
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
+    if isinstance(value, Path):
+        value = str(value)
+    return tomli_w.dumps({"v": value})[4:].rstrip("\n")
+
+
+def profile_toml(settings: Settings, *, title: str, description: str) -> str:
+    """A commented profile holding every key of ``settings``: each with its description, range and env names.
+
+    Secrets are never written (they belong in the environment or ``.env``); an empty optional key
+    that defaults to something else is written as ``""``, TOML's stand-in for empty.
+    """
+    sections: dict[str, list[KeySpec]] = {}
+    for spec in REGISTRY.values():
+        sections.setdefault(spec.key.rpartition(".")[0], []).append(spec)
+    lines = [
+        f"# {title}",
+        "# Every key is listed with what it does; delete a line to fall back to the built-in default.",
+        "# Precedence: --flags/--set > environment > .env > this file > defaults.",
+    ]
+    # TOML puts top-level keys before the first table, so they come before [profile].
+    lines += _toml_keys(settings, sections.pop("", []))
+    lines += ["", "[profile]", f"description = {_toml_literal(description)}"]
+    for section, specs in sections.items():
+        lines += ["", "", f"[{section}]"]
+        group = Settings.model_fields[section].description
+        lines += [f"# {group}"] if group else []
+        lines += _toml_keys(settings, specs)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_keys(settings: Settings, specs: list[KeySpec]) -> list[str]:
+    lines: list[str] = []
+    for spec in specs:
+        name = spec.key.rpartition(".")[2]
+        value = settings.get(spec.key)
+        lines += ["", f"# {spec.description}", f"# allowed: {spec.allowed} · env: {', '.join(spec.env)}"]
+        if spec.secret:
+            lines.append(f'# {name} = ""  # a secret: set {spec.env[0]} in the environment or .env instead')
+        elif value is None:
+            lines.append(f'{"# " if spec.default is None else ""}{name} = ""')
+        else:
+            lines.append(f"{name} = {_toml_literal(value)}")
+    return lines
+
+
 def _explain(exc: ValidationError, merged: Mapping[str, Raw]) -> list[Problem]:
-    problems: list[Problem] = []
-    seen: set[str] = set()
+    by_key: dict[str, list[Any]] = {}
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
         key = next((".".join(loc[:n]) for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in REGISTRY), ".".join(loc))
-        if key in seen:
-            continue  # a union reports each branch; the key's summary says what is allowed
-        seen.add(key)
+        by_key.setdefault(key, []).append(error)
+    problems: list[Problem] = []
+    for key, errors in by_key.items():
+        # A union reports one error per branch; the branch that was not a plain mismatch says most.
+        error = next((e for e in errors if e["type"] != "literal_error"), errors[0])
         raw = merged.get(key)
         spec = REGISTRY.get(key)
+        shown = MASK if spec is not None and spec.secret else _short(raw.value if raw else error.get("input"))
         where = raw.origin if raw else "default"
-        shown = MASK if spec is not None and spec.secret else repr(raw.value if raw else error.get("input"))
-        allowed = spec.allowed if spec else error["msg"]
-        problems.append(Problem(f"{key} = {shown} (from {where}): {_reason(error)}; allowed: {allowed}"))
+        item = next((int(p) for p in error["loc"][len(key.split(".")) :] if isinstance(p, int)), None)
+        reason = _reason(error) if item is None else f"item {item + 1}: {_reason(error)}"
+        allowed = spec.allowed if spec else "see `cmw config show`"
+        problems.append(Problem(f"{key} = {shown} (from {where}): {reason}; allowed: {allowed}"))
     return problems
 
 
@@ -634,14 +847,28 @@ def _reason(error: Any) -> str:
 # --------------------------------------------------------------------------- effect checks
 
 
+def _limits(settings: Settings) -> dict[str, int]:
+    return {
+        "queue.default_concurrency_limit": settings.queue.default_concurrency_limit,
+        **{
+            f"events.{name}": getattr(settings.events, name)
+            for name in EventSettings.model_fields
+            if name.endswith("_limit")
+        },
+    }
+
+
 def check_effect(settings: Settings) -> list[str]:
-    """Valid settings that cannot take effect as written; each warning names its keys."""
+    """Valid settings that cannot take effect as written; each warning names its keys.
+
+    Each rule restates what Gradio 6 does (gradio/queueing.py, gradio/blocks.py): `launch(max_threads)`
+    sizes the queue's worker slots, so no more jobs run at once across all events; `max_size` counts
+    waiting events of every event, not running ones; 'auto' status updates broadcast an estimate to
+    every waiting client of an event each time one of its jobs starts.
+    """
     warnings: list[str] = []
     threads = settings.server.max_threads
-    limits = {
-        "queue.default_concurrency_limit": settings.queue.default_concurrency_limit,
-        **{f"events.{name}": getattr(settings.events, name) for name in EventSettings.model_fields if name.endswith("_limit")},
-    }
+    limits = _limits(settings)
     if settings.enable_concurrent_processing:
         for key, limit in limits.items():
             if limit > threads:
@@ -653,19 +880,19 @@ def check_effect(settings: Settings) -> list[str]:
         if total > threads:
             warnings.append(
                 f"events.*_concurrency_limit add up to {total} > server.max_threads={threads}: under mixed load "
-                "events will wait for a free slot even below their own limits."
+                "events wait for one of Gradio's worker slots even below their own limits."
             )
     elif any(v > 1 for v in limits.values()):
         warnings.append(
             "enable_concurrent_processing=false: every event runs one at a time; the queue.* and events.* "
-            "limits are ignored."
+            "concurrency limits are not applied."
         )
     max_size = settings.queue.max_size
     chat = settings.event_limit("chat")
     if max_size is not None and max_size < chat:
         warnings.append(
-            f"queue.max_size={max_size} < events.chat_concurrency_limit={chat}: the queue refuses joins before "
-            "the chat limit can be reached."
+            f"queue.max_size={max_size} < events.chat_concurrency_limit={chat}: Gradio refuses joins once "
+            f"{max_size} events wait, so a burst of more than {max_size} chats is refused although chat slots are free."
         )
     if not settings.queue.enabled:
         warnings.append(
@@ -674,28 +901,53 @@ def check_effect(settings: Settings) -> list[str]:
         )
     if settings.queue.status_update_rate == "auto" and (max_size is None or max_size > 200):
         warnings.append(
-            "queue.status_update_rate='auto' with a large queue.max_size: every finished job sends a status "
-            "message to every waiting client; a number such as 2.0 keeps that traffic bounded."
+            f"queue.status_update_rate='auto' with queue.max_size={max_size if max_size is not None else 'unbounded'}: "
+            "every job that starts sends an estimate to every client waiting for that event; a number such as "
+            "2.0 keeps that traffic bounded."
+        )
+    if settings.enable_concurrent_processing and settings.sessions.max_sessions < chat:
+        warnings.append(
+            f"sessions.max_sessions={settings.sessions.max_sessions} < events.chat_concurrency_limit={chat}: "
+            "more chats can run than sessions are kept, so sessions are evicted while they reply."
         )
     if settings.server.workers > 1 and not settings.sessions.store.startswith("redis"):
         warnings.append(
             f"server.workers={settings.server.workers} with sessions.store={settings.sessions.store!r}: workers do "
             "not share sessions; use a redis:// store."
         )
-    if settings.llm.provider == "custom" and not settings.llm.base_url:
+    if settings.server.port and settings.server.port == settings.sim.port:
+        warnings.append(
+            f"server.port and sim.port are both {settings.server.port}: the second server to start cannot bind it."
+        )
+    llm = settings.llm
+    if llm.provider == "custom" and not llm.base_url:
         warnings.append("llm.provider=custom needs llm.base_url (an OpenAI-compatible URL).")
-    if settings.llm.provider == "openai" and settings.llm.api_key is None:
+    if llm.provider == "openai" and llm.api_key is None:
         warnings.append("llm.provider=openai without llm.api_key (OPENAI_API_KEY): requests will be refused.")
-    if settings.llm.provider == "openrouter" and settings.llm.openrouter_api_key is None:
+    if llm.provider == "openrouter" and llm.openrouter_api_key is None:
         warnings.append("llm.provider=openrouter without llm.openrouter_api_key (OPENROUTER_API_KEY).")
-    if settings.llm.provider not in settings.llm.providers:
-        warnings.append(f"llm.provider={settings.llm.provider} is not in llm.providers: the Chat tab will not offer it.")
-    faults = settings.sim.error_rate + settings.sim.disconnect_rate + settings.sim.stall_rate + settings.sim.malformed_rate
+    if llm.provider not in llm.providers:
+        warnings.append(f"llm.provider={llm.provider} is not in llm.providers: the Chat tab will not offer it.")
+    sim = settings.sim
+    faults = sim.error_rate + sim.disconnect_rate + sim.stall_rate + sim.malformed_rate
     if faults > 1:
-        warnings.append(f"sim.*_rate add up to {faults:g} > 1: every request fails; the rates are applied in turn.")
+        warnings.append(
+            f"sim.error_rate + disconnect_rate + stall_rate + malformed_rate = {faults:g} > 1: "
+            "the rates cannot all hold; at most every request gets a fault."
+        )
     if settings.server.host not in ("127.0.0.1", "localhost", "::1") and settings.admin.token is None:
         warnings.append(
             f"server.host={settings.server.host} exposes the app; set admin.token explicitly rather than relying on "
             "the generated one."
         )
     return warnings
+
+
+def _environment_warnings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """Gradio's own env var that cmw's settings override, so setting it does nothing."""
+    if settings.queue.enabled and "GRADIO_DEFAULT_CONCURRENCY_LIMIT" in environ:
+        return [
+            "GRADIO_DEFAULT_CONCURRENCY_LIMIT is ignored: cmw passes queue.default_concurrency_limit to Gradio; "
+            "set GRADIO_CONCURRENCY_LIMIT or CMW_QUEUE__DEFAULT_CONCURRENCY_LIMIT instead."
+        ]
+    return []

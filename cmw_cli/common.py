@@ -1,14 +1,20 @@
-"""What every command shares: exit codes, consoles, and settings loading that never tracebacks."""
+"""What every command shares: exit codes, consoles, and settings loading that never tracebacks.
+
+Importing this module must stay cheap (`cmw --help` imports every command module): pydantic and
+the settings model load only when a command actually reads settings.
+"""
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from agent.settings import ConfigError, LoadedSettings, load_settings
+if TYPE_CHECKING:
+    from agent.settings import LoadedSettings
 
 
 class Exit(IntEnum):
@@ -34,13 +40,20 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override one key, e.g. --set events.chat_concurrency_limit=4 (repeatable)."),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
 def fail(message: str, code: Exit = Exit.BAD_INPUT) -> NoReturn:
     """Print a one-line error (or several) to stderr and exit with ``code``."""
     for line in str(message).splitlines():
-        err_console.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+        # Messages quote TOML tables and values ("[events]", "[1, 2]"): never read them as markup.
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(code))
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, so stdout stays clean for --json."""
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def load_or_exit(
@@ -50,21 +63,18 @@ def load_or_exit(
     *,
     show_warnings: bool = True,
 ) -> LoadedSettings:
-    """Load settings; bad configuration becomes exit 2 with one line per problem."""
-    merged: list[str] | dict[str, Any]
-    try:
-        if flags:
-            # Dedicated flags (--port, --llm ...) outrank --set; both outrank the environment.
-            from agent.settings import parse_assignments
+    """Load settings; bad configuration becomes exit 2 with one line per problem.
 
-            assigned = {k: (raw.value, "--set") for k, raw in parse_assignments(overrides or []).items()}
-            merged = {**assigned, **flags}
-        else:
-            merged = overrides or []
-        loaded = load_settings(profile, merged)
+    ``flags`` maps dotted keys to ``(value, "--port")`` for dedicated flags; a ``None`` value means
+    the flag was not given. Flags outrank ``--set``; both outrank the environment.
+    """
+    from agent.settings import ConfigError, load_settings
+
+    try:
+        loaded = load_settings(profile, overrides or [], flags=flags)
     except ConfigError as exc:
         fail(str(exc))
     if show_warnings:
         for warning in loaded.warnings:
-            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            warn(warning)
     return loaded

@@ -1,5 +1,420 @@
-"""`cmw config ...` (being built)."""
+"""`cmw config ...`: show, compare, validate and create settings profiles.
+
+Thin commands over agent.settings. Only typer and rich load at import time: `cmw --help` imports
+this module, and the settings model (pydantic) loads inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
+
+from cmw_cli.common import Exit, JsonOption, ProfileOption, SetOption, console, fail, load_or_exit, warn
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from agent.settings import LoadedSettings
 
 app = typer.Typer(help="Show, compare, validate and create settings profiles.", no_args_is_help=True)
+
+# The concurrency figures of DESIGN's profile table: what tells one profile from another.
+KEY_FIGURES = (
+    "enable_concurrent_processing",
+    "queue.enabled",
+    "queue.default_concurrency_limit",
+    "queue.status_update_rate",
+    "queue.max_size",
+    "server.max_threads",
+    "events.chat_concurrency_limit",
+    "events.file_upload_concurrency_limit",
+    "events.file_processing_queue_id",
+    "events.stats_refresh_concurrency_limit",
+    "events.logs_refresh_concurrency_limit",
+)
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _text(value: Any) -> str:
+    """A value as a person reads it in a table (TOML spelling; empty for None)."""
+    if value is None:
+        return "(empty)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(_text(item) for item in value)
+    return str(value)
+
+
+def _pretty_path(path: str | Path) -> str:
+    """Shorter spelling of a path for tables: relative to the working directory, or with ~."""
+    path = Path(path)
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _pretty_source(source: str) -> str:
+    """`profile:<name>` in tables; the title names the file (JSON keeps the full path)."""
+    kind, sep, rest = source.partition(":")
+    return f"profile:{Path(rest).stem}" if kind == "profile" and sep else source
+
+
+def _table(title: str | None = None) -> Table:
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", header_style="bold", show_lines=False)
+
+
+def _load_profile(name: str) -> LoadedSettings:
+    from agent.settings import ConfigError, load_profile
+
+    try:
+        return load_profile(name)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def show(
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Effective settings: every key's value, where it came from, what it allows and what it does.
+
+    Precedence, highest first: --set > environment > .env > profile > defaults. Secrets are masked.
+    Warnings about settings that cannot take effect go to stderr.
+
+    Example usage:
+
+        cmw config show -p high-performance
+
+        CHAT_CONCURRENCY_LIMIT=7 cmw config show --json
+    """
+    loaded = load_or_exit(profile, set_)
+    described = loaded.describe()
+    if as_json:
+        _print_json(described)
+        return
+    table = _table(f"profile {loaded.profile_name}: {_pretty_path(loaded.profile_path or '-')}")
+    # A wide terminal gets a column per field; a narrow one stacks description under key, allowed under value.
+    wide = console.width >= 150
+    # A fixed key width: rich crops (rather than wraps) a table whose columns carry a min_width.
+    key_width = None if wide else min(max(map(len, described)), console.width // 2)
+    table.add_column("key" if wide else "key / description", style="cyan", width=key_width, overflow="fold")
+    table.add_column("value" if wide else "value / allowed", style="bold", overflow="fold", ratio=None if wide else 1)
+    table.add_column("source", overflow="fold", ratio=None if wide else 1)
+    if wide:
+        table.add_column("allowed", style="dim")
+        table.add_column("description")
+    keys = list(described)
+    for index, key in enumerate(keys):
+        row = described[key]
+        next_group = keys[index + 1].partition(".")[0] if index + 1 < len(keys) else None
+        about, allowed, value = escape(row["description"]), escape(row["allowed"]), escape(_text(row["value"]))
+        source = escape(_pretty_source(row["source"]))
+        if wide:
+            cells = [escape(key), value, source, allowed, about]
+        else:
+            cells = [f"{escape(key)}\n[default dim]{about}[/]", f"{value}\n[default dim]{allowed}[/]", source]
+        table.add_row(*cells, end_section=next_group != key.partition(".")[0])
+    console.print(table)
+
+
+@app.command()
+def profiles(as_json: JsonOption = False) -> None:
+    """Every available profile side by side, with its key concurrency figures.
+
+    User profiles ($CMW_PROFILES_DIR, else ~/.config/cmw/profiles) shadow shipped ones of the same name.
+    Values are each profile's own: the environment and .env are not applied.
+
+    Example usage:
+
+        cmw config profiles
+
+        cmw config profiles --json
+    """
+    from agent.settings import ConfigError, available_profiles, display_value, load_profile, profile_description
+
+    report: dict[str, dict[str, Any]] = {}
+    for name, path in available_profiles().items():
+        entry: dict[str, Any] = {"path": str(path), "description": profile_description(path)}
+        try:
+            loaded = load_profile(path)
+        except ConfigError as exc:
+            entry.update(ok=False, problems=[str(p) for p in exc.problems], warnings=[], values={})
+        else:
+            values = {key: display_value(loaded.settings.get(key), spec) for key, spec in _registry().items()}
+            entry.update(ok=True, problems=[], warnings=loaded.warnings, values=values)
+        report[name] = entry
+    if as_json:
+        _print_json(report)
+        return
+    if not report:
+        fail("no profiles found; `cmw config path` shows where cmw looks")
+    table = _table("profiles")
+    table.add_column("key", style="cyan")
+    for name in report:
+        table.add_column(escape(name), justify="right")
+    for key in KEY_FIGURES:
+        cells = [_text(entry["values"][key]) if entry["ok"] else "[red]invalid[/]" for entry in report.values()]
+        table.add_row(key, *(cell if cell == "[red]invalid[/]" else escape(cell) for cell in cells))
+    table.add_row("warnings", *(str(len(e["warnings"])) for e in report.values()), end_section=True)
+    console.print(table)
+    for name, entry in report.items():
+        line = f"[bold]{escape(name)}[/]: {escape(entry['description'] or '(no description)')}"
+        console.print(f"{line} [dim]({escape(_pretty_path(entry['path']))})[/]", highlight=False)
+        for problem in entry["problems"]:
+            console.print(f"  [red]error:[/] {escape(problem)}", highlight=False)
+
+
+def _registry() -> dict[str, Any]:
+    from agent.settings import REGISTRY
+
+    return REGISTRY
+
+
+@app.command()
+def validate(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="Profile names or .toml paths [default: every available profile].", show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check profiles: ok, or every problem (exit 2); plus warnings for settings that cannot take effect.
+
+    Each profile is judged on its own (defaults + the file), not with this shell's environment.
+
+    Example usage:
+
+        cmw config validate ./mine.toml high-performance
+    """
+    from agent.settings import ConfigError, available_profiles, load_profile
+
+    names = targets or list(available_profiles())
+    results: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            loaded = load_profile(name)
+        except ConfigError as exc:
+            results.append({"target": name, "path": None, "ok": False, "problems": [str(p) for p in exc.problems]})
+            results[-1]["warnings"] = []
+        else:
+            path = str(loaded.profile_path)
+            results.append({"target": name, "path": path, "ok": True, "problems": [], "warnings": loaded.warnings})
+    bad = [r for r in results if not r["ok"]]
+    if as_json:
+        _print_json(results)
+    else:
+        for result in results:
+            where = f" [dim]({escape(_pretty_path(result['path']))})[/]" if result["path"] else ""
+            if result["ok"]:
+                console.print(f"[green]ok[/]       {escape(result['target'])}{where}", highlight=False)
+            else:
+                count = len(result["problems"])
+                label = f"{count} problem{'s' if count != 1 else ''}"
+                console.print(f"[red]invalid[/]  {escape(result['target'])}: {label}{where}", highlight=False)
+            for problem in result["problems"]:
+                console.print(f"  [red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+            for warning in result["warnings"]:
+                console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if bad:
+        raise typer.Exit(int(Exit.BAD_INPUT))
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="First profile (name or path).", show_default=False)],
+    b: Annotated[str, typer.Argument(help="Second profile (name or path).", show_default=False)],
+    as_json: JsonOption = False,
+) -> None:
+    """Keys whose values differ between two profiles (each on its own, without the environment).
+
+    Example usage:
+
+        cmw config diff balanced high-performance
+    """
+    from agent.settings import display_value
+
+    first, second = _load_profile(a), _load_profile(b)
+    differences: dict[str, dict[str, Any]] = {}
+    for key, spec in _registry().items():
+        va, vb = display_value(first.settings.get(key), spec), display_value(second.settings.get(key), spec)
+        if spec.secret:  # masked values compare equal; say whether one is set rather than what it is
+            va, vb = first.settings.get(key) is not None, second.settings.get(key) is not None
+            if va != vb:
+                differences[key] = {"a": "set" if va else None, "b": "set" if vb else None}
+        elif va != vb:
+            differences[key] = {"a": va, "b": vb}
+    if as_json:
+        _print_json(
+            {
+                "a": {"profile": a, "path": str(first.profile_path)},
+                "b": {"profile": b, "path": str(second.profile_path)},
+                "differences": differences,
+            }
+        )
+        return
+    if not differences:
+        console.print(f"{escape(a)} and {escape(b)} hold the same settings.", highlight=False)
+        return
+    table = _table(f"{len(differences)} key{'s' if len(differences) != 1 else ''} differ")
+    table.add_column("key", style="cyan")
+    table.add_column(escape(a), justify="right")
+    table.add_column(escape(b), justify="right")
+    for key, pair in differences.items():
+        table.add_row(escape(key), escape(_text(pair["a"])), escape(_text(pair["b"])))
+    console.print(table)
+
+
+@app.command()
+def init(
+    name: Annotated[
+        str, typer.Argument(help="Profile name, or a path ending in .toml to write there.", show_default=False)
+    ],
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Start from this profile's values [default: built-in defaults].")
+    ] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Write NAME.toml here [default: $CMW_PROFILES_DIR or ~/.config/cmw/profiles]."),
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="One line saying what the profile is for.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a new profile: every key with its description as a comment, ready to edit.
+
+    Secrets are never written; keep them in the environment or .env.
+
+    Example usage:
+
+        cmw config init mine --from high-performance
+
+        cmw config init ./staging.toml
+    """
+    from agent.settings import ConfigError, looks_like_path, user_profiles_dir
+
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if path.suffix != ".toml":
+            fail(f"{name}: a profile file name ends in .toml")
+        label = path.stem
+    else:
+        if not PROFILE_NAME.match(name):
+            fail(f"profile name {name!r}: use letters, digits, '.', '_' and '-', or give a path ending in .toml")
+        path = (directory.expanduser() if directory else user_profiles_dir()) / f"{name}.toml"
+        label = name
+    if path.is_dir():
+        fail(f"{path} is a directory")
+    if path.exists() and not force:
+        fail(f"{path} already exists; pass --force to overwrite it")
+    base = _load_profile(from_) if from_ else _defaults()
+    text = _render(base, label, from_, description)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"{path}: cannot write profile: {exc.strerror or exc}")
+    try:
+        written = _load_profile_path(path)
+    except ConfigError as exc:  # a bug in the writer, not the user's input: still say it plainly
+        fail(f"{path} was written but does not validate:\n{exc}")
+    for warning in written.warnings:
+        warn(warning)
+    skipped = [k for k, s in _registry().items() if s.secret and base.settings.get(k) is not None]
+    for key in skipped:
+        warn(f"{key} not copied: secrets stay in the environment or .env")
+    use = str(path) if looks_like_path(name) or directory else label
+    console.print(f"wrote {escape(str(path))}; use it with: cmw config show -p {escape(use)}", highlight=False)
+
+
+def _defaults() -> LoadedSettings:
+    from agent.settings import load_settings
+
+    return load_settings(environ={}, env_file=None, use_profile=False)
+
+
+def _load_profile_path(path: Path) -> LoadedSettings:
+    from agent.settings import load_profile
+
+    return load_profile(path.resolve())
+
+
+def _render(base: LoadedSettings, label: str, origin: str | None, description: str | None) -> str:
+    from agent.settings import profile_toml
+
+    start = f"the values of profile {origin} ({base.profile_path})" if origin else "the built-in defaults"
+    return profile_toml(
+        base.settings,
+        title=f"cmw profile '{label}', written by `cmw config init` from {start}.",
+        description=description or (f"Based on {origin}." if origin else "Built-in defaults."),
+    )
+
+
+@app.command()
+def path(as_json: JsonOption = False) -> None:
+    """Where cmw looks: profile directories, the .env file, the selected profile, the state directory.
+
+    Example usage:
+
+        cmw config path
+
+        cmw config path --json
+    """
+    from agent.settings import (
+        ConfigError,
+        default_state_dir,
+        load_settings,
+        resolve_profile,
+        shipped_profiles_dir,
+        user_profiles_dir,
+    )
+
+    env_file = Path(os.environ.get("CMW_ENV_FILE") or ".env").expanduser().absolute()
+    try:
+        selected: str = str(resolve_profile(None))
+    except ConfigError as exc:
+        selected = f"(none: {exc})"
+    try:
+        state = load_settings().settings.server.state_dir or default_state_dir()
+    except ConfigError:
+        state = default_state_dir()  # the settings are broken; `cmw config show` says how
+    places = {
+        "profiles_dir": str(user_profiles_dir()),
+        "shipped_profiles_dir": str(shipped_profiles_dir()),
+        "env_file": str(env_file),
+        "profile": selected,
+        "state_dir": str(Path(state).expanduser()),
+    }
+    if as_json:
+        _print_json(places)
+        return
+    notes = {
+        "profiles_dir": "user profiles ($CMW_PROFILES_DIR)",
+        "shipped_profiles_dir": "profiles shipped with cmw",
+        "env_file": ".env read for settings ($CMW_ENV_FILE)",
+        "profile": "profile used when -p is not given ($CMW_PROFILE)",
+        "state_dir": "sessions database and admin token (server.state_dir)",
+    }
+    table = _table()
+    for column in ("what", "path", "exists"):
+        table.add_column(column, overflow="fold")
+    for key, where in places.items():
+        exists = "yes" if Path(where).exists() else "no"
+        table.add_row(notes[key], escape(where), exists)
+    console.print(table)
