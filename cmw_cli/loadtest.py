@@ -1,13 +1,213 @@
-"""`cmw loadtest` and `cmw smoke` (being built)."""
+"""`cmw loadtest` and `cmw smoke`: thin commands over agent.loadtest.runner.
 
-from cmw_cli.common import fail
+Nothing heavy loads at import time (`cmw --help` imports this module): httpx, rich.live and matplotlib load
+inside the commands, and gradio never does — the generator speaks Gradio's queue protocol itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cmw_cli.common import Exit, ProfileOption, SetOption, console, err_console, fail, warn
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from agent.loadtest.runner import LiveFactory
 
 
-def loadtest() -> None:
-    """Load-test a Gradio chat app (not built yet)."""
-    fail("cmw loadtest is not built yet")
+def _live(quiet: bool, label: str = "") -> LiveFactory | None:
+    """Live progress on stderr, only for a person at a terminal."""
+    if quiet or not err_console.is_terminal:
+        return None
+    from agent.loadtest.report import live_progress
+
+    def factory(progress: Any) -> Any:
+        return live_progress(progress, err_console, label=label)
+
+    return factory
 
 
-def smoke() -> None:
-    """CI preset (not built yet)."""
-    fail("cmw smoke is not built yet")
+def _emit(doc: dict[str, Any], *, as_json: bool, out: Path | None, plot: Path | None, quiet: bool) -> None:
+    from agent.loadtest import report
+
+    if out is not None:
+        report.write_json(doc, out)
+    if plot is not None:
+        report.write_plot(doc, plot)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    if quiet:
+        return
+    shown: Console = err_console if as_json else console
+    if "comparison" in doc:
+        shown.print(report.comparison_table(doc))
+    else:
+        report.print_summary(doc, shown)
+    if "smoke" in doc:
+        for check in doc["smoke"]["checks"]:
+            mark = "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]"
+            shown.print(f"{mark}  {check['check']}: {check['detail']}", highlight=False)
+    for path in (out, plot):
+        if path is not None:
+            shown.print(f"wrote {path}", style="dim", highlight=False)
+
+
+def _finish(doc: dict[str, Any]) -> None:
+    from agent.loadtest.runner import verdict
+
+    for run in doc.get("runs") or [doc]:
+        if run["meta"]["generator"]["inconclusive"]:
+            warn("inconclusive: the load generator itself was busy (" + "; ".join(run["meta"]["generator"]["reasons"])
+                 + "); figures may understate the server")
+    code, reasons = verdict(doc)
+    if code:
+        fail("\n".join(reasons), Exit(code))
+
+
+def _guarded(action: Any) -> dict[str, Any]:
+    """Run ``action``; turn each kind of failure into its exit code with one clear line."""
+    from agent.loadtest.engine import WorkloadError
+    from agent.loadtest.protocol import TargetError
+    from agent.loadtest.slo import SloError
+    from agent.loadtest.spawn import SpawnError
+    from agent.settings import ConfigError
+
+    try:
+        return action()
+    except (SloError, ConfigError, WorkloadError) as exc:
+        fail(str(exc), Exit.BAD_INPUT)
+    except TargetError as exc:
+        fail(str(exc), Exit.UNREACHABLE if exc.unreachable else Exit.BAD_INPUT)
+    except SpawnError as exc:
+        head, _, tail = str(exc).partition("\n")
+        if tail:
+            err_console.print(tail, style="dim", highlight=False, markup=False)
+        fail(head, Exit.UNREACHABLE)
+
+
+def loadtest(
+    url: Annotated[str | None, typer.Option("--url", help="A running Gradio chat app (cmw's or any other).")] = None,
+    spawn: Annotated[
+        bool, typer.Option("--spawn", help="Start `cmw serve` on a free loopback port for the run.")
+    ] = False,
+    profile: ProfileOption = None,
+    overrides: SetOption = None,
+    users: Annotated[int | None, typer.Option(help="Virtual users [default: 10; open loop: unlimited].")] = None,
+    turns: Annotated[int, typer.Option(help="Messages each user sends.")] = 3,
+    rate: Annotated[float | None, typer.Option(help="Open loop: requests per second, Poisson arrivals.")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Hard bound on the run, seconds [default: 300; open loop: 60].")
+    ] = None,
+    ramp_up: Annotated[float, typer.Option("--ramp-up", help="Seconds over which users start.")] = 0.0,
+    think_time: Annotated[float, typer.Option("--think-time", help="Seconds a user waits between turns.")] = 0.0,
+    warmup: Annotated[float, typer.Option(help="Seconds at the start whose turns are left out of figures.")] = 0.0,
+    warmup_turns: Annotated[
+        int, typer.Option("--warmup-turns", help="First turns of each user left out of figures.")
+    ] = 0,
+    max_requests: Annotated[int, typer.Option("--max-requests", help="Hard cap on requests sent.")] = 10_000,
+    timeout: Annotated[float, typer.Option(help="Seconds a turn may take before it counts as a timeout.")] = 120.0,
+    slo: Annotated[
+        list[str] | None,
+        typer.Option("--slo", help="Objective, e.g. 'ttft.p95<2s', 'errors<1%', 'efficiency>0.9' (repeatable)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report (every turn) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of latency over time and spread.")] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(help="Same workload per profile on spawned servers, e.g. sequential,balanced,high-performance."),
+    ] = None,
+    api_name: Annotated[str, typer.Option("--api-name", help="The app's chat endpoint.")] = "chat",
+    token: Annotated[
+        str | None, typer.Option(envvar="CMW_ADMIN_TOKEN", help="Admin token, to read the server's queue figures.")
+    ] = None,
+    chat_limit: Annotated[
+        int | None, typer.Option("--chat-limit", help="The server's chat concurrency limit, for efficiency.")
+    ] = None,
+    service_time: Annotated[
+        float | None, typer.Option("--service-time", help="One reply's nominal seconds alone, for efficiency.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of open-loop arrivals.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress and no tables.")] = False,
+) -> None:
+    """Load-test a Gradio chat app: queue wait, TTFT, inter-token gaps, throughput, errors, session isolation.
+
+    Exit codes: 0 ok, 1 an SLO was breached, 2 bad usage, 3 session isolation violated, 4 unreachable.
+
+    Example usage:
+
+        cmw loadtest --spawn -p balanced --users 12 --turns 3 --out run.json
+        cmw loadtest --url http://127.0.0.1:7860 --rate 5 --duration 30 --slo 'ttft.p95<2s' --slo 'errors<1%'
+        cmw loadtest --compare sequential,balanced,high-performance --users 10 --turns 2
+    """
+    from agent.loadtest.engine import Workload
+    from agent.loadtest.runner import Target
+    from agent.loadtest.runner import compare as run_compare
+    from agent.loadtest.runner import loadtest as run_loadtest
+
+    if compare and url:
+        fail("--compare starts a server per profile: it cannot be used with --url")
+    if not compare and bool(url) == bool(spawn):
+        fail("give exactly one target: --url URL, or --spawn [-p PROFILE]")
+    if url and (profile or overrides):
+        fail("-p/--set configure a spawned server: use them with --spawn or --compare, not --url")
+    if url and not url.startswith(("http://", "https://")):
+        fail(f"--url {url!r}: expected http://HOST:PORT[/path]")
+    workload = Workload(
+        users=users if users is not None else (0 if rate is not None else 10), turns=turns, rate=rate,
+        duration=duration if duration is not None else (60.0 if rate is not None else 300.0),
+        ramp_up=ramp_up, think_time=think_time, warmup_s=warmup, warmup_turns=warmup_turns,
+        max_requests=max_requests, timeout=timeout, seed=seed,
+    )
+    if compare:
+        profiles = [p.strip() for p in compare.split(",") if p.strip()]
+        if len(profiles) < 2:
+            fail(f"--compare {compare!r}: name at least two profiles, e.g. sequential,balanced")
+
+        def announce(name: str) -> None:
+            if not quiet:
+                err_console.print(f"[bold]{name}[/]: starting cmw serve", highlight=False)
+
+        doc = _guarded(lambda: run_compare(profiles, workload, overrides=list(overrides or []), slos=list(slo or []),
+                                           service_time=service_time, live=_live(quiet), on_profile=announce))
+    else:
+        target = Target(url=url, spawn=spawn, profile=profile, overrides=list(overrides or []), token=token,
+                        api_name=api_name)
+        doc = _guarded(lambda: run_loadtest(target, workload, slos=list(slo or []), chat_limit=chat_limit,
+                                            service_time=service_time, live=_live(quiet)))
+    _emit(doc, as_json=as_json, out=out, plot=plot, quiet=quiet)
+    if doc["meta"]["admin"]["status"] not in ("ok", "no token given") and not quiet:
+        err_console.print(f"admin queue figures skipped: {doc['meta']['admin']['status']}", style="dim")
+    _finish(doc)
+
+
+def smoke(
+    profile: ProfileOption = None,
+    overrides: SetOption = None,
+    users: Annotated[int, typer.Option(help="Virtual users.")] = 4,
+    turns: Annotated[int, typer.Option(help="Messages each user sends.")] = 2,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress and no tables.")] = False,
+) -> None:
+    """CI preset: spawn `cmw serve`, a short load, isolation, loose SLOs, health and admin; exit 0 only if all hold.
+
+    Example usage:
+
+        cmw smoke -p constrained
+    """
+    from agent.loadtest.runner import smoke as run_smoke
+
+    if users < 1 or turns < 1:
+        fail("--users and --turns need at least 1")
+    doc = _guarded(lambda: run_smoke(profile, overrides=list(overrides or []), users=users, turns=turns,
+                                     live=_live(quiet, "smoke")))
+    _emit(doc, as_json=as_json, out=out, plot=None, quiet=quiet)
+    _finish(doc)
+    if not quiet:
+        (err_console if as_json else console).print("[green]smoke passed[/]", highlight=False)

@@ -1,0 +1,85 @@
+"""Session isolation: every virtual user signs its messages with a canary nobody else uses.
+
+A turn violates isolation when its reply or the conversation the server returned carries another user's canary,
+when that conversation lacks this user's own earlier turns, or when the reply's fingerprints header (see
+:mod:`agent.fingerprints`) names user turns other than exactly this user's messages so far.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from agent.fingerprints import fingerprint, parse_reply_header
+from agent.loadtest.protocol import user_texts
+
+CANARY_RE = re.compile(r"\bcw(\d+)-[0-9a-f]{4}\b")
+
+
+def make_canary(user: int) -> str:
+    """A per-user tag: the index makes it unique, the random part makes it unlikely in any reply by chance."""
+    return f"cw{user}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One turn that saw what it should not, or missed what it should."""
+
+    user: int
+    session: str
+    turn: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "session": self.session, "turn": self.turn, "reason": self.reason}
+
+
+def foreign_canaries(text: str, own: str) -> list[str]:
+    return sorted({m.group(0) for m in CANARY_RE.finditer(text) if m.group(0) != own})
+
+
+def check_turn(
+    *,
+    canary: str,
+    sent: list[str],
+    confirmed: list[str],
+    reply: str,
+    history: list[dict[str, Any]] | None,
+) -> list[str]:
+    """Reasons this completed turn breaks isolation (empty when it holds).
+
+    ``sent`` is every message this user submitted so far, the current one last; ``confirmed`` the earlier ones
+    the server completed, which it must still hold (a timed-out turn may or may not have reached the history).
+    """
+    reasons: list[str] = []
+    current = sent[-1]
+    if others := foreign_canaries(reply, canary):
+        reasons.append(f"reply carries other sessions' canaries {', '.join(others)}")
+    if history is not None:
+        texts = user_texts(history)
+        strangers = [t for t in texts if t not in sent]
+        if others := sorted({c for t in texts for c in foreign_canaries(t, canary)}):
+            reasons.append(f"history carries other sessions' canaries {', '.join(others)}")
+        elif strangers:
+            reasons.append(f"history holds {len(strangers)} user message(s) this session never sent")
+        expected = [*confirmed, current]
+        if not _is_subsequence(expected, texts):
+            missing = len([m for m in expected if m not in texts])
+            reasons.append(f"history lacks {missing} of this session's {len(expected)} turns" if missing
+                           else "history holds this session's turns out of order")
+    header = parse_reply_header(reply)
+    if header is not None:
+        count, fps = header
+        seen = {fingerprint(m): m for m in sent}
+        expected_fps = [fingerprint(m) for m in [*confirmed, current]]
+        foreign = any(fp not in seen for fp in fps)
+        if count != len(fps) or len(fps) > len(sent) or foreign or not _is_subsequence(expected_fps, fps):
+            reasons.append(f"LLM saw turns fp={','.join(fps)}, expected {','.join(expected_fps)}")
+    return reasons
+
+
+def _is_subsequence(needle: list[str], haystack: list[str]) -> bool:
+    it = iter(haystack)
+    return all(item in it for item in needle)

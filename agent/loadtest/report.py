@@ -1,0 +1,158 @@
+"""What people see of a run: live progress, summary and comparison tables, JSON files and a plot."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from agent.loadtest.engine import Progress
+from agent.loadtest.metrics import LATENCIES, STATS
+
+
+@contextlib.contextmanager
+def live_progress(progress: Progress, console: Console, *, label: str = "") -> Iterator[None]:
+    """A progress line on ``console`` (stderr) redrawn four times a second while the run goes on."""
+    started = time.perf_counter()
+
+    def render() -> Group:
+        finished = progress.done + progress.failed
+        line = Text.assemble(
+            (f"{label} " if label else "", "bold"),
+            f"{finished}/{progress.planned} turns  ",
+            (f"{progress.failed} failed  ", "red" if progress.failed else "dim"),
+            (f"{progress.violations} isolation  ", "bold red" if progress.violations else "dim"),
+            f"{progress.in_flight} in flight  ",
+            f"ttft {progress.last_ttft:.3f}s  " if progress.last_ttft is not None else "",
+            (f"{time.perf_counter() - started:.0f}s", "dim"),
+        )
+        return Group(ProgressBar(total=max(progress.planned, 1), completed=finished, width=40), line)
+
+    with Live(render(), console=console, refresh_per_second=4, transient=True, get_renderable=render):
+        yield
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.3f} s"
+
+
+def summary_table(doc: dict[str, Any]) -> Table:
+    """Latency percentiles per metric, then the run's totals."""
+    summary = doc["summary"]
+    table = Table(title="latency", title_justify="left", show_edge=False)
+    table.add_column("metric")
+    for stat in STATS:
+        table.add_column(stat, justify="right")
+    names = {"queue_wait": "queue wait", "ttft": "TTFT", "itl": "inter-token", "e2e": "end-to-end"}
+    for metric in LATENCIES:
+        table.add_row(names[metric], *(_seconds(summary[metric][stat]) for stat in STATS))
+    return table
+
+
+def totals_table(doc: dict[str, Any]) -> Table:
+    summary, meta = doc["summary"], doc["meta"]
+    table = Table(show_header=False, show_edge=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    errors = summary["errors"]
+    table.add_row("turns", f"{summary['turns_completed']} completed, {summary['turns_failed']} failed, "
+                           f"{summary['turns_warmup']} warm-up (excluded), {meta['unfinished']} cut off")
+    table.add_row("throughput", f"{summary['throughput_rps']:.3f} turns/s, {summary['tokens_per_s']:.1f} tokens/s "
+                                f"over {summary['window_s']:.2f} s")
+    if summary["efficiency"] is not None:
+        nominal = meta["nominal"]
+        table.add_row("efficiency", f"{summary['efficiency']:.0%} of ideal {summary['ideal_rps']:.3f} turns/s "
+                                    f"(chat limit {nominal['chat_limit']}, service {nominal['service_time_s']:.3f} s)")
+    else:
+        table.add_row("efficiency", "unknown (give --chat-limit and --service-time, or use --spawn)")
+    table.add_row("errors", ", ".join(f"{k} {v}" for k, v in errors.items()) + f"  ({summary['error_rate']:.1%})")
+    violations = summary["isolation_violations"]
+    table.add_row("isolation", Text(f"{violations} violating turn(s) in sessions "
+                                    f"{', '.join(summary['violating_sessions'])}" if violations else "held",
+                                    style="bold red" if violations else "green"))
+    gen = meta["generator"]
+    verdict = Text("INCONCLUSIVE: " + "; ".join(gen["reasons"]), style="bold yellow") if gen["inconclusive"] else \
+        Text(f"cpu {gen['cpu_share']:.0%} of a core, loop lag p99 {gen['loop_lag_ms']['p99']} ms", style="dim")
+    table.add_row("generator", verdict)
+    admin = meta["admin"]
+    if admin["status"] == "ok":
+        peaks = ", ".join(f"{name} running≤{f['running']} waiting≤{f['waiting']} limit {f['limit']}"
+                          for name, f in admin["peak"].items())
+        table.add_row("server queue", peaks or "no events")
+    else:
+        table.add_row("server queue", Text(f"admin figures skipped: {admin['status']}", style="dim"))
+    for expr, result in summary["slo"].items():
+        mark = Text("pass", style="green") if result["passed"] else Text("FAIL", style="bold red")
+        table.add_row(f"slo {expr}", Text.assemble(mark, f"  value {result['value']}"))
+    return table
+
+
+def print_summary(doc: dict[str, Any], console: Console) -> None:
+    console.print(summary_table(doc))
+    console.print()
+    console.print(totals_table(doc))
+
+
+def comparison_table(doc: dict[str, Any]) -> Table:
+    table = Table(title=f"same workload per profile (speedup vs {doc['meta']['compare']['baseline']})",
+                  title_justify="left", show_edge=False)
+    for name, justify in (("profile", "left"), ("turns/s", "right"), ("TTFT p95", "right"), ("speedup", "right"),
+                          ("efficiency", "right"), ("errors", "right"), ("isolation", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in doc["comparison"]:
+        table.add_row(
+            row["profile"], f"{row['throughput_rps']:.3f}", _seconds(row["ttft_p95"]),
+            "–" if row["speedup"] is None else f"{row['speedup']:.2f}×",
+            "–" if row["efficiency"] is None else f"{row['efficiency']:.0%}",
+            str(row["errors"]), str(row["isolation_violations"]),
+        )
+    return table
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_plot(doc: dict[str, Any], path: Path) -> None:
+    """Latency over time (per turn) and the latency distributions, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = doc.get("runs") or [doc]
+    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 3.6 * len(runs)), squeeze=False)
+    for (over_time, spread), run in zip(axes, runs, strict=True):
+        turns = [t for t in run["turns"] if t["error"] is None and not t["warmup"]]
+        failed = [t for t in run["turns"] if t["error"] is not None]
+        label = run["meta"]["target"]["profile"] or run["meta"]["target"]["url"]
+        for key, colour in (("e2e", "tab:blue"), ("ttft", "tab:orange"), ("queue_wait", "tab:green")):
+            points = [(t["t_join"], t[key]) for t in turns if t[key] is not None]
+            if points:
+                over_time.scatter(*zip(*points, strict=True), s=8, alpha=0.6, color=colour, label=key)
+        if failed:
+            over_time.scatter([t["t_join"] for t in failed], [0] * len(failed), marker="x", color="red",
+                              label="failed")
+        over_time.set(title=f"{label}: latency over time", xlabel="submitted at (s from start)",
+                      ylabel="seconds")
+        over_time.legend(loc="upper left", fontsize="small")
+        samples = {key: [t[key] for t in turns if t[key] is not None] for key in ("ttft", "e2e")}
+        samples = {k: v for k, v in samples.items() if v}
+        if samples:
+            spread.hist(list(samples.values()), bins=30, label=list(samples), alpha=0.8)
+            spread.legend(fontsize="small")
+        spread.set(title=f"{label}: distribution", xlabel="seconds", ylabel="turns")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
