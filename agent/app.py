@@ -68,14 +68,13 @@ class AppContext:
         return self.sessions.get_or_create(self.session_id(request))
 
 
-def _llm_messages(session: Session, user_text: str) -> list[dict[str, str]]:
+def _llm_messages(session: Session) -> list[dict[str, str]]:
     system = SYSTEM_PROMPT
     if session.files:
         attached = "\n\n".join(f"--- {name} ---\n{text}" for name, text in session.files.items())
         system += f"\n\nFiles the user attached:\n{attached}"
     messages = [{"role": "system", "content": system}]
     messages += [{"role": m["role"], "content": str(m["content"])} for m in session.history]
-    messages.append({"role": "user", "content": user_text})
     return messages
 
 
@@ -91,16 +90,17 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             yield list(session.history), ""
             return
         async with session.lock:
-            history = list(session.history) + [{"role": "user", "content": text}]
+            ctx.sessions.start_turn(session, text)
+            messages = _llm_messages(session)
             session.log.append((time.time(), f"chat: turn {session.turns + 1} started ({session.provider})"))
-            yield history, ""
+            yield list(session.history), ""
             started = time.monotonic()
             ttft: float | None = None
             reply, tokens, error = "", 0, None
             last_yield = started
             ctx.in_flight += 1
             try:
-                async for delta in ctx.providers.stream(session.provider, session.model, _llm_messages(session, text)):
+                async for delta in ctx.providers.stream(session.provider, session.model, messages):
                     if delta.text:
                         if ttft is None:
                             ttft = time.monotonic() - started
@@ -110,15 +110,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     # Measured from the end of the last update: a slow update widens the gap instead
                     # of turning every token into an update (the collapse seen under overload).
                     if time.monotonic() - last_yield >= interval:
-                        yield history + [{"role": "assistant", "content": reply}], ""
+                        yield [*session.history, {"role": "assistant", "content": reply}], ""
                         last_yield = time.monotonic()
             except LLMError as exc:
                 error = exc.kind
                 reply = (reply + "\n\n" if reply else "") + f"⚠️ {exc.message}"
             except asyncio.CancelledError:
-                reply = (reply + " " if reply else "") + "[stopped]"
-                error = "stopped"
-                _finish(ctx, session, text, reply, tokens, started, ttft, error)
+                _finish(ctx, session, reply + (" " if reply else "") + "[stopped]", tokens, started, ttft, "stopped")
                 raise
             except Exception:  # the server and other sessions carry on; the user sees a clear notice
                 log.exception("chat failed in session %s", session.id[:8])
@@ -126,7 +124,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 reply = (reply + "\n\n" if reply else "") + "⚠️ Internal error while generating the reply."
             finally:
                 ctx.in_flight -= 1
-            _finish(ctx, session, text, reply, tokens, started, ttft, error)
+            _finish(ctx, session, reply, tokens, started, ttft, error)
             yield list(session.history), ""
 
     def attach(files: list[str] | None, request: gr.Request) -> str:
@@ -141,8 +139,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         session = ctx.session(request)
         if provider not in ctx.providers.offered:
             return session.model
-        session.provider = provider
-        session.model = ctx.providers.default_model(provider)
+        ctx.sessions.set_model(session, provider, ctx.providers.default_model(provider))
         session.log.append((time.time(), f"provider set to {provider} / {session.model}"))
         return session.model
 
@@ -150,7 +147,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         session = ctx.session(request)
         model = (model or "").strip()
         if model:
-            session.model = model[:200]
+            ctx.sessions.set_model(session, session.provider, model[:200])
             session.log.append((time.time(), f"model set to {session.model}"))
 
     def clear(request: gr.Request) -> tuple[list[dict[str, Any]], str]:
@@ -229,11 +226,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
 
 def _finish(
-    ctx: AppContext, session: Session, text: str, reply: str, tokens: int, started: float,
-    ttft: float | None, error: str | None,
+    ctx: AppContext, session: Session, reply: str, tokens: int, started: float, ttft: float | None, error: str | None
 ) -> None:
     latency = time.monotonic() - started
-    ctx.sessions.record_turn(session, text, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
+    ctx.sessions.finish_turn(session, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
     if error is None:
         ctx.latencies.append(latency)
         if ttft is not None:

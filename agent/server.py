@@ -99,17 +99,16 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     from fastapi import FastAPI
 
     from agent.app import AppContext, build_app
-    from agent.llm import Providers
+    from agent.llm import LLMError, Providers
     from agent.sessions import SessionManager
 
     settings = loaded.settings
+    providers = Providers(settings, sim_base_url)
     sessions = SessionManager.from_settings(settings, state_dir)
-    ctx = AppContext(
-        loaded=loaded,
-        sessions=sessions,
-        providers=Providers(settings, sim_base_url),
-        browser_secret=browser_secret(state_dir),
-    )
+    sessions.default_model = providers.default_model(settings.llm.provider)
+    with contextlib.suppress(LLMError):
+        providers.chat_model(settings.llm.provider)  # import langchain/openai now, not in the first chat
+    ctx = AppContext(loaded=loaded, sessions=sessions, providers=providers, browser_secret=browser_secret(state_dir))
     demo = build_app(ctx)
 
     @contextlib.asynccontextmanager
