@@ -19,6 +19,7 @@ import gradio as gr
 
 from agent import __version__
 from agent.llm import LLMError, Providers
+from agent.metrics import AppMetrics
 from agent.queue import EVENTS, QueueMonitor, apply_queue, event_options
 from agent.sessions import Session, SessionManager
 from agent.settings import LoadedSettings
@@ -55,6 +56,10 @@ class AppContext:
     in_flight: int = 0
     draining: bool = False  # set on SIGINT/SIGTERM: new chats are refused, running ones finish
     browser_secret: str | None = None  # stable across restarts so a reload can find its conversation
+    metrics: AppMetrics = field(init=False, repr=False)  # this app's own Prometheus registry
+
+    def __post_init__(self) -> None:
+        self.metrics = AppMetrics(self)
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
@@ -91,6 +96,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             return
         async with session.lock:
             ctx.sessions.start_turn(session, text)
+            ctx.metrics.turn_started(session.provider)
             messages = _llm_messages(session)
             session.log.append((time.time(), f"chat: turn {session.turns + 1} started ({session.provider})"))
             yield list(session.history), ""
@@ -230,6 +236,7 @@ def _finish(
 ) -> None:
     latency = time.monotonic() - started
     ctx.sessions.finish_turn(session, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
+    ctx.metrics.turn_finished(session.provider, latency, ttft, error)
     if error is None:
         ctx.latencies.append(latency)
         if ttft is not None:

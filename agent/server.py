@@ -128,6 +128,9 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
         admin_router = None
     if admin_router is not None:
         api.include_router(admin_router(ctx, state_dir))
+    from agent.metrics import metrics_router
+
+    api.include_router(metrics_router(ctx))
     app = gr.mount_gradio_app(
         api,
         demo,

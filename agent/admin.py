@@ -1,0 +1,145 @@
+"""The admin API beside the app: health, sessions, queue figures and effective config under /admin/api.
+
+Every route needs ``Authorization: Bearer <token>``: missing → 401 (with ``WWW-Authenticate: Bearer``),
+wrong → 403, and neither carries any data. The token is ``admin.token`` when set; otherwise one is
+generated and written 0600 to ``<state_dir>/admin.token``, where local ``cmw status`` / ``cmw sessions``
+find it without flags. A generated token is kept across restarts (so scripts and a running ``cmw sessions
+watch`` survive a restart) unless its file is readable by others, in which case it is replaced.
+
+Routes are ``async``: they run on the event loop beside the chat handlers, so they see sessions between
+two handler steps, never halfway through one. The token itself is never logged or returned.
+
+No ``from __future__ import annotations`` here: FastAPI resolves the route annotations at runtime.
+Importing this module is cheap (FastAPI loads inside :func:`admin_router`), so the CLI can use
+:func:`token_path` without paying for the web stack.
+"""
+
+import contextlib
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.app import AppContext
+    from agent.settings import Settings
+
+TOKEN_FILE = "admin.token"
+PREFIX = "/admin/api"
+
+
+def token_path(state_dir: Path) -> Path:
+    """Where a generated admin token lives."""
+    return Path(state_dir) / TOKEN_FILE
+
+
+def admin_token(settings: "Settings", state_dir: Path) -> str:
+    """The token the admin API accepts: ``admin.token``, else the one in the state dir (created if needed)."""
+    path = token_path(state_dir)
+    configured = settings.admin.token.get_secret_value() if settings.admin.token is not None else ""
+    if configured:
+        # A file left by an earlier start would now be refused: remove it so `cmw` does not offer it.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return configured
+    existing = _read_private(path)
+    if existing:
+        return existing
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    os.replace(tmp, path)  # a reader sees the old file or the whole new one, never half of it
+    return token
+
+
+def _read_private(path: Path) -> str | None:
+    """The token in ``path`` if the file is ours and private (0600 or tighter), else None."""
+    try:
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            return None
+        return path.read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def admin_router(ctx: "AppContext", state_dir: Path) -> Any:
+    """The ``/admin/api`` routes of one app (a FastAPI ``APIRouter``), all behind the admin token."""
+    from fastapi import APIRouter, Depends, HTTPException, Security
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+    from agent import __version__
+    from agent.app import percentiles
+
+    expected = admin_token(ctx.settings, state_dir).encode("utf-8")
+    bearer = HTTPBearer(auto_error=False, description="The admin token (admin.token or <state dir>/admin.token).")
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
+        if credentials is None or not credentials.credentials:
+            raise HTTPException(401, "missing admin token", headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode("utf-8"), expected):
+            raise HTTPException(403, "invalid admin token")
+
+    router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(require_token)])
+
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        """Whether the server takes work, and what it runs."""
+        settings = ctx.settings
+        return {
+            "status": "draining" if ctx.draining else "ok",
+            "version": __version__,
+            "profile": ctx.loaded.profile_name,
+            "uptime_s": round(time.time() - ctx.started, 1),
+            "provider": settings.llm.provider,
+            "model": ctx.sessions.default_model,
+            "sessions": ctx.sessions.counts(),
+        }
+
+    @router.get("/sessions")
+    async def sessions() -> list[dict[str, Any]]:
+        """Every live session, most recently active first."""
+        return [session.to_summary() for session in ctx.sessions.list()]
+
+    @router.get("/sessions/{session_id}")
+    async def session(session_id: str) -> dict[str, Any]:
+        """One session with its history and files."""
+        found = ctx.sessions.get(session_id)
+        if found is None:
+            raise HTTPException(404, "no such session")
+        return found.to_detail()
+
+    @router.delete("/sessions/{session_id}")
+    async def end_session(session_id: str) -> dict[str, Any]:
+        """End a session as eviction would: its history, files and stored record are freed."""
+        if not ctx.sessions.end(session_id, "killed"):
+            raise HTTPException(404, "no such session")
+        return {"id": session_id, "ended": "killed"}
+
+    @router.get("/queue")
+    async def queue() -> dict[str, Any]:
+        """Live waiting/running/limit per event and recent reply latency percentiles (seconds)."""
+        monitor = ctx.monitor
+        return {
+            "events": monitor.as_dict() if monitor is not None else {},
+            "waiting_total": monitor.total_waiting if monitor is not None else 0,
+            "in_flight": ctx.in_flight,
+            "e2e_s": _rounded(percentiles(ctx.latencies)),
+            "ttft_s": _rounded(percentiles(ctx.ttfts)),
+            "samples": len(ctx.latencies),
+        }
+
+    @router.get("/config")
+    async def config() -> dict[str, dict[str, Any]]:
+        """Effective settings with their sources; secrets masked."""
+        return ctx.loaded.describe()
+
+    return router
+
+
+def _rounded(figures: dict[str, float | None]) -> dict[str, float | None]:
+    return {name: None if value is None else round(value, 4) for name, value in figures.items()}
