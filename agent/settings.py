@@ -339,13 +339,27 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """(group, leaf) of a dotted key or a CMW_GROUP__KEY env name, lower-cased."""
+    sep = "." if "." in name else "__"
+    group, _, leaf = name.rpartition(sep)
+    return group.lower(), leaf.lower()
+
+
 def _suggest(word: str, candidates: Any) -> str:
-    """' (did you mean X?)' for a misspelt or misplaced name, else ''."""
-    names = list(candidates)
-    leaf = word.rpartition(".")[2].rpartition("__")[2].lower()
+    """' (did you mean X?)' for a misspelt, shortened or misplaced name, else ''."""
+    names = [n for n in candidates if n != word]
+    group, leaf = _split_name(word)
     # A right name in the wrong section (`[queue] chat_concurrency_limit`) is the commonest slip.
-    moved = [n for n in names if n.rpartition(".")[2].rpartition("__")[2].lower() == leaf and n != word]
-    match = moved or difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    moved = [n for n in names if _split_name(n)[1] == leaf]
+    siblings = [n for n in names if _split_name(n)[0] == group]
+    started = [n for n in siblings if leaf and _split_name(n)[1].startswith(leaf)]
+    match = (
+        moved
+        or started
+        or difflib.get_close_matches(word, siblings, n=1, cutoff=0.5)
+        or difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    )
     return f" (did you mean {match[0]}?)" if match else ""
 
 
@@ -624,8 +638,8 @@ def _parse_assignments(pairs: list[str], label: str) -> tuple[dict[str, Raw], li
         if not sep or not key:
             problems.append(Problem(f"{label} {pair!r}: expected KEY=VALUE, e.g. events.chat_concurrency_limit=4"))
         elif key not in REGISTRY:
-            hint = _suggest(key, REGISTRY)
-            problems.append(Problem(f"{key} (from {label} {key}): unknown key{hint}; `cmw config show` lists them"))
+            hint = f"{_suggest(key, REGISTRY)}; `cmw config show` lists every key"
+            problems.append(Problem(f"{key} (from {label} {key}): unknown key{hint}"))
         else:
             values[key] = Raw(_from_text(text, REGISTRY[key], unquote=True), label, f"{label} {key}")
     return values, problems

@@ -33,12 +33,17 @@ err_console = Console(stderr=True)
 ProfileOption = Annotated[
     str | None,
     typer.Option(
-        "--profile", "-p", help="Profile name or path to a .toml file [default: $CMW_PROFILE or balanced]."
+        "--profile",
+        "-p",
+        metavar="NAME|PATH",
+        help="Profile name or path to a .toml file [default: $CMW_PROFILE or balanced].",
     ),
 ]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override one key, e.g. --set events.chat_concurrency_limit=4 (repeatable)."),
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override one key, e.g. --set events.chat_concurrency_limit=4 (repeatable)."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 

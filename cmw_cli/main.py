@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -15,7 +16,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # Plain click help: typer's rich help imports rich.markdown, markdown-it and pygments, which
+    # alone cost more than the whole 0.25 s budget of `cmw --help` (bench/cli_startup.py).
+    rich_markup_mode=None,
 )
 
 
@@ -44,6 +47,10 @@ app.command("sim")(sim.sim)
 
 
 def main() -> None:
+    # `cmw config ...` runs the config group directly: the same commands and help, without
+    # typer building every other command first (start-up time; bench/cli_startup.py).
+    if sys.argv[1:2] == ["config"]:
+        config.app(args=sys.argv[2:], prog_name="cmw config")
     app()
 
 
