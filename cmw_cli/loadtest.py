@@ -133,6 +133,9 @@ def loadtest(
         float | None, typer.Option("--service-time", help="One reply's nominal seconds alone, for efficiency.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed of open-loop arrivals.")] = None,
+    prime: Annotated[
+        int, typer.Option(help="Uncounted turns sent first, one by one, so server start-up cost is left out.")
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress and no tables.")] = False,
 ) -> None:
     """Load-test a Gradio chat app: queue wait, TTFT, inter-token gaps, throughput, errors, session isolation.
@@ -162,7 +165,7 @@ def loadtest(
         users=users if users is not None else (0 if rate is not None else 10), turns=turns, rate=rate,
         duration=duration if duration is not None else (60.0 if rate is not None else 300.0),
         ramp_up=ramp_up, think_time=think_time, warmup_s=warmup, warmup_turns=warmup_turns,
-        max_requests=max_requests, timeout=timeout, seed=seed,
+        max_requests=max_requests, timeout=timeout, seed=seed, prime=prime,
     )
     if compare:
         profiles = [p.strip() for p in compare.split(",") if p.strip()]

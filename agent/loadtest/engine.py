@@ -14,7 +14,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -50,6 +50,7 @@ class Workload:
     warmup_turns: int = 0
     timeout: float = 120.0
     seed: int | None = None
+    prime: int = 1  # uncounted turns before the run, from a session of their own
 
     @property
     def mode(self) -> str:
@@ -84,6 +85,8 @@ class Workload:
             problems.append(f"--timeout {self.timeout}: need a positive number of seconds")
         if self.max_requests < 1:
             problems.append(f"--max-requests {self.max_requests}: need at least 1")
+        if self.prime < 0:
+            problems.append(f"--prime {self.prime}: cannot be negative")
         if self.warmup_turns < 0:
             problems.append(f"--warmup-turns {self.warmup_turns}: cannot be negative")
         return problems
@@ -102,6 +105,7 @@ class Workload:
             "warmup_turns": self.warmup_turns,
             "timeout_s": self.timeout,
             "seed": self.seed,
+            "prime": self.prime,
         }
 
 
@@ -127,12 +131,13 @@ class RunData:
     turns: list[TurnRecord]
     started_at: float  # epoch seconds
     duration_s: float
-    window_s: float
+    offered_end: float  # seconds from start when the offered load began to fall (see Engine.offered_end)
     generator: dict[str, Any]
     admin: dict[str, Any]
     unfinished: int
     skipped_arrivals: int
     users_started: int
+    prime: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- self-monitoring
@@ -287,8 +292,20 @@ class Engine:
         self.users: list[VirtualUser] = []
         self.budget = workload.max_requests
         self.skipped_arrivals = 0
+        self.finished: list[float] = []  # closed loop: when each user ran out of turns
+        self.last_arrival: float | None = None
         self.t0 = time.perf_counter()
         self.rng = random.Random(workload.seed)
+
+    def offered_end(self, run_end: float) -> float:
+        """When the offered load began to fall: the first user out of turns (closed), the last arrival (open).
+
+        Past that point fewer users than before ask for service, so a server with spare slots looks slower than
+        it is; throughput is measured up to here.
+        """
+        if self.workload.rate is not None:
+            return self.last_arrival if self.last_arrival is not None else run_end
+        return min(self.finished, default=run_end)
 
     def _new_user(self) -> VirtualUser:
         user = VirtualUser(len(self.users))
@@ -316,6 +333,7 @@ class Engine:
             warmup=number <= self.workload.warmup_turns or t_join < self.workload.warmup_s,
             error=result.error, detail=result.detail, tokens=result.tokens,
             t_end=None if result.t_end is None else result.t_end - self.t0,
+            t_start=None if result.t_start is None else result.t_start - self.t0,
         )
         if result.ok:
             record.queue_wait = None if result.t_start is None else result.t_start - result.t_join
@@ -350,10 +368,11 @@ class Engine:
                 await asyncio.sleep(w.ramp_up * user.index / w.users)
             for number in range(w.turns):
                 if not self._take_budget():
-                    return
+                    break
                 await self.turn(user)
                 if w.think_time and number + 1 < w.turns:
                     await asyncio.sleep(w.think_time)
+            self.finished.append(time.perf_counter() - self.t0)
 
         await asyncio.gather(*(drive(u) for u in users))
 
@@ -378,6 +397,7 @@ class Engine:
                     continue
                 else:
                     user = self._new_user()
+                self.last_arrival = time.perf_counter() - self.t0
                 task = asyncio.create_task(serve(user))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -397,9 +417,12 @@ async def run_workload(
     api_name: str = "chat",
     admin_token: str | None = None,
     progress: Progress | None = None,
-    on_start: Callable[[Endpoint], None] | None = None,
 ) -> RunData:
-    """Discover the endpoint, drive the workload, and return what was seen (raises ``TargetError``)."""
+    """Discover the endpoint, drive the workload, and return what was seen (raises ``TargetError``).
+
+    ``workload.prime`` turns go first, one after another from a session of their own, and are not counted: a server's
+    first request pays for lazy imports and connections, which is start-up cost, not a concurrency property.
+    """
     progress = progress or Progress(workload.planned)
     pool = max(64, 2 * (workload.users or 0) + 16)
     if workload.rate is not None:
@@ -408,8 +431,7 @@ async def run_workload(
     timeout = httpx.Timeout(connect=10.0, read=None, write=30.0, pool=None)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, headers={"User-Agent": "cmw-loadtest"}) as client:
         endpoint = await discover(client, url, api_name)
-        if on_start is not None:
-            on_start(endpoint)
+        priming = await _prime(client, endpoint, workload.prime, workload.timeout)
         admin = AdminWatch(client, endpoint.base_url, admin_token)
         await admin.start()
         monitor = Monitor()
@@ -428,17 +450,27 @@ async def run_workload(
         generator = await monitor.stop()
         admin_figures = await admin.stop()
         admin_figures["chat_limit"] = admin.chat_limit()
-    measured = [r for r in engine.records if not r.warmup]
-    window = 0.0
-    if measured:
-        begin = min(r.t_join for r in measured)
-        end = max((r.t_end for r in measured if r.t_end is not None), default=begin)
-        window = max(end - begin, 0.0)
     return RunData(
         endpoint=endpoint, workload=workload, turns=sorted(engine.records, key=lambda r: (r.t_join, r.user)),
-        started_at=started_at, duration_s=duration, window_s=window, generator=generator, admin=admin_figures,
+        started_at=started_at, duration_s=duration, offered_end=engine.offered_end(duration), generator=generator,
+        admin=admin_figures,
         unfinished=unfinished, skipped_arrivals=engine.skipped_arrivals, users_started=len(engine.users),
+        prime=priming,
     )
+
+
+async def _prime(client: httpx.AsyncClient, endpoint: Endpoint, turns: int, timeout: float) -> dict[str, Any]:
+    user = VirtualUser(index=-1, canary="prime")
+    results = []
+    for _ in range(turns):
+        message = user.next_message()
+        user.sent.append(message)
+        results.append(await run_turn(client, endpoint, user.session, message, history=user.history, timeout=timeout))
+    return {
+        "turns": turns,
+        "e2e_s": [None if r.t_end is None else round(r.t_end - r.t_join, 6) for r in results],
+        "errors": [r.error for r in results if r.error],
+    }
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

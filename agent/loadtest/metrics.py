@@ -50,6 +50,7 @@ class TurnRecord:
     tokens: int = 0
     gaps: list[float] = field(default_factory=list)
     t_end: float | None = None
+    t_start: float | None = None
     violation: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,22 +100,64 @@ def ideal_throughput(
     return min(users / (service_time + think_time), server)
 
 
+def served_share(turn: TurnRecord, begin: float, end: float) -> float:
+    """Share of a completed turn's service (process start → completion) that fell inside [begin, end]."""
+    if turn.error is not None or turn.t_end is None:
+        return 0.0
+    start = turn.t_start if turn.t_start is not None else turn.t_join
+    if turn.t_end <= start:
+        return 1.0 if begin <= turn.t_end <= end else 0.0
+    overlap = min(end, turn.t_end) - max(begin, start)
+    return max(0.0, overlap) / (turn.t_end - start)
+
+
 def summarize(
     turns: Sequence[TurnRecord],
     *,
-    window_s: float,
+    offered_end: float,
     ideal_rps: float | None,
 ) -> dict[str, Any]:
-    """The ``summary`` object of the JSON report (SLO results are added by the caller)."""
+    """The ``summary`` object of the JSON report (SLO results are added by the caller).
+
+    ``throughput_rps`` is the steady-state rate: turns served per second from the moment the server first started
+    a measured turn until the offered load began to fall (``offered_end``), a turn on that window's edge counting
+    by the share of its service inside it. Without those cuts the ramp-up (a burst of joins on an idle server) and
+    a closed loop's ramp-down (the last users finishing while slots stand idle) would make a short run against a
+    server with more slots look less efficient than it is. When that window holds under half the completed work
+    (users dropped out early, or one turn each) the overall window is used; ``window`` says which.
+    ``throughput_overall_rps`` is plainly completed turns ÷ (first submit → last completion).
+    """
     measured = [t for t in turns if not t.warmup]
     done = [t for t in measured if t.error is None]
     errors = dict.fromkeys(ERROR_CLASSES, 0)
     for t in measured:
         if t.error is not None:
             errors[t.error] = errors.get(t.error, 0) + 1
-    window = max(window_s, 1e-9)
-    throughput = len(done) / window if done else 0.0
     tokens = sum(t.tokens for t in done)
+    throughput = tokens_per_s = overall = window = 0.0
+    basis = "none"
+    if done:
+        first_submit = min(t.t_join for t in measured)
+        last = max(t.t_end for t in done if t.t_end is not None)
+        if last > first_submit:
+            overall = len(done) / (last - first_submit)
+        # Steady state starts when the server first serves: a burst of joins on an idle server is ramp-up.
+        begin = min((t.t_start for t in measured if t.t_start is not None), default=first_submit)
+        for basis, start, end in (("steady", begin, offered_end), ("overall", first_submit, last)):
+            window = end - start
+            if window <= 0 or end > last:
+                continue
+            shares = [(served_share(t, start, end), t.tokens) for t in turns]
+            served = math.fsum(share for share, _ in shares)
+            # When users dropped out early (e.g. every turn refused at once) the steady window holds little of
+            # the work done: then the overall window is the honest one.
+            if basis == "steady" and served < 0.5 * len(done):
+                continue
+            throughput = served / window
+            tokens_per_s = math.fsum(share * n for share, n in shares) / window
+            break
+        else:
+            basis, window = "none", 0.0
     violating = sorted({t.session for t in turns if t.violation})
     return {
         "queue_wait": describe(t.queue_wait for t in done if t.queue_wait is not None),
@@ -125,9 +168,11 @@ def summarize(
         "turns_failed": len(measured) - len(done),
         "turns_warmup": len(turns) - len(measured),
         "tokens": tokens,
-        "window_s": round(window_s, 6),
+        "window_s": round(window, 6),
+        "window": basis,
         "throughput_rps": round(throughput, 6),
-        "tokens_per_s": round(tokens / window, 6) if done else 0.0,
+        "throughput_overall_rps": round(overall, 6),
+        "tokens_per_s": round(tokens_per_s, 6),
         "ideal_rps": None if ideal_rps is None else round(ideal_rps, 6),
         "efficiency": round(throughput / ideal_rps, 6) if ideal_rps else None,
         "errors": errors,

@@ -69,7 +69,8 @@ def totals_table(doc: dict[str, Any]) -> Table:
     table.add_row("turns", f"{summary['turns_completed']} completed, {summary['turns_failed']} failed, "
                            f"{summary['turns_warmup']} warm-up (excluded), {meta['unfinished']} cut off")
     table.add_row("throughput", f"{summary['throughput_rps']:.3f} turns/s, {summary['tokens_per_s']:.1f} tokens/s "
-                                f"over {summary['window_s']:.2f} s")
+                                f"steady over {summary['window_s']:.2f} s; "
+                                f"{summary['throughput_overall_rps']:.3f} turns/s overall")
     if summary["efficiency"] is not None:
         nominal = meta["nominal"]
         table.add_row("efficiency", f"{summary['efficiency']:.0%} of ideal {summary['ideal_rps']:.3f} turns/s "

@@ -131,7 +131,7 @@ def build_document(
     w = run.workload
     ideal = ideal_throughput(users=w.users if w.rate is None else None, rate=w.rate, chat_limit=nominal.chat_limit,
                              service_time=nominal.service_time, think_time=w.think_time)
-    summary = summarize(run.turns, window_s=run.window_s, ideal_rps=ideal)
+    summary = summarize(run.turns, offered_end=run.offered_end, ideal_rps=ideal)
     summary["slo"] = evaluate(slos, summary)
     meta = {
         "tool": "cmw loadtest",
@@ -154,6 +154,8 @@ def build_document(
         "settings": settings,
         "generator": run.generator,
         "admin": run.admin,
+        "offered_end_s": round(run.offered_end, 6),
+        "prime": run.prime,
         "users_started": run.users_started,
         "unfinished": run.unfinished,
         "skipped_arrivals": run.skipped_arrivals,

@@ -68,41 +68,64 @@ def spawn_server(
     stop_timeout: float = 20.0,
 ) -> Iterator[SpawnedServer]:
     """Run ``cmw serve`` for the duration of the ``with`` block; raises :class:`SpawnError` if it never answers."""
+    overrides = list(overrides or [])
     port = free_port()
-    command = serve_command(profile, port, list(overrides or []))
     token = secrets.token_urlsafe(24)
     # The token goes through the environment, not argv, so `ps` never shows it.
-    env = {**os.environ, "CMW_ADMIN__TOKEN": token, "PYTHONUNBUFFERED": "1"}
-    with tempfile.NamedTemporaryFile(prefix="cmw-loadtest-serve-", suffix=".log", delete=False) as log:
-        log_path = Path(log.name)
-    with open(log_path, "wb") as stderr:
-        # A session of its own: Ctrl-C in the terminal reaches us, and we stop it in order.
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env,
-                                   start_new_session=True)
-    server = SpawnedServer(f"http://{HOST}:{port}", token, process, command, log_path)
-    try:
-        _wait_ready(server, start_timeout)
-        yield server
-    finally:
-        stop(process, stop_timeout)
-        with contextlib.suppress(OSError):
-            log_path.unlink()
+    env = {"CMW_ADMIN__TOKEN": token}
+    own_state = any(pair.split("=", 1)[0].strip() == "server.state_dir" for pair in overrides)
+    with contextlib.ExitStack() as stack:
+        if not own_state and "CMW_SERVER__STATE_DIR" not in os.environ:
+            # Hundreds of load-test sessions do not belong in the user's own session database.
+            env["CMW_SERVER__STATE_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="cmw-loadtest-"))
+        yield stack.enter_context(
+            run_server(serve_command(profile, port, overrides), f"http://{HOST}:{port}", env=env, admin_token=token,
+                       start_timeout=start_timeout, stop_timeout=stop_timeout, name="cmw serve")
+        )
 
 
-def _wait_ready(server: SpawnedServer, timeout: float) -> None:
+@contextlib.contextmanager
+def run_server(
+    command: list[str],
+    url: str,
+    *,
+    env: dict[str, str] | None = None,
+    admin_token: str = "",
+    start_timeout: float = 90.0,
+    stop_timeout: float = 20.0,
+    name: str = "the server",
+) -> Iterator[SpawnedServer]:
+    """Run any HTTP server command until the block ends: ready when ``GET {url}/`` answers, stopped by PID."""
+    with tempfile.TemporaryDirectory(prefix="cmw-loadtest-log-") as logdir:
+        log_path = Path(logdir) / "server.log"
+        with open(log_path, "wb") as log:
+            # A session of its own: Ctrl-C in the terminal reaches us, and we stop it in order.
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                       start_new_session=True)
+        server = SpawnedServer(url, admin_token, process, command, log_path)
+        try:
+            _wait_ready(server, start_timeout, name)
+            yield server
+        finally:
+            stop(process, stop_timeout)
+
+
+def _wait_ready(server: SpawnedServer, timeout: float, name: str) -> None:
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
         while True:
             code = server.process.poll()
             if code is not None:
-                raise SpawnError(f"cmw serve exited with code {code} before answering:\n{server.stderr_tail()}")
+                raise SpawnError(f"{name} exited with code {code} before answering on {server.url}:\n"
+                                 f"{server.stderr_tail()}")
             try:
                 if client.get(f"{server.url}/").status_code < 500:
                     return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise SpawnError(f"cmw serve did not answer on {server.url} within {timeout:g}s:\n"
+                raise SpawnError(f"{name} did not answer on {server.url} within {timeout:g}s:\n"
                                  f"{server.stderr_tail()}")
             time.sleep(0.2)  # polling a port that is not open yet: nothing to wait on but time
 
