@@ -188,7 +188,7 @@ class Monitor:
 class AdminWatch:
     """Polls ``/admin/api/queue`` (cmw servers) for running/waiting/limit per event; quiet when absent."""
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str | None, interval: float = 0.5):
+    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str | None, interval: float = 0.25):
         self.client, self.url, self.token, self.interval = client, f"{base_url}/admin/api/queue", token, interval
         self.peak: dict[str, dict[str, Any]] = {}
         self.samples = 0

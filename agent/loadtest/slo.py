@@ -9,7 +9,7 @@ from typing import Any
 from agent.loadtest.metrics import LATENCIES, STATS
 
 _EXPR = re.compile(
-    r"^\s*([a-z_]+)(?:\.([a-z0-9]+))?\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|%)?\s*$"
+    r"^\s*([a-z_][a-z0-9_]*)(?:\.([a-z0-9]+))?\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|%)?\s*$"
 )
 _RATES = ("throughput_rps", "tokens_per_s")
 _COUNTS = ("turns_completed", "isolation_violations")

@@ -1,0 +1,65 @@
+"""Spawned servers: start-up failures, `cmw smoke`, and `--compare` ordering against real `cmw serve` processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.loadtest.metrics import LATENCIES
+from agent.loadtest.spawn import HOST, SpawnError, free_port, run_server
+from cmw_cli.main import app
+
+runner = CliRunner()
+# A quick simulator: 0.1 s to first token, 20 tokens at 50/s — half a second per reply, no jitter.
+FAST_SIM = ["--set", "sim.ttft_ms=100", "--set", "sim.reply_tokens=20", "--set", "sim.tokens_per_second=50",
+            "--set", "sim.jitter=0"]
+
+
+def test_a_server_that_dies_at_start_is_reported_with_its_stderr() -> None:
+    command = [sys.executable, "-c", "import sys; sys.stderr.write('boom: no such model\\n'); sys.exit(3)"]
+    with pytest.raises(SpawnError) as caught, run_server(command, f"http://{HOST}:{free_port()}", name="fake"):
+        pass
+    assert "fake exited with code 3" in str(caught.value)
+    assert "boom: no such model" in str(caught.value)
+
+
+def test_a_server_that_never_answers_is_stopped_after_the_start_timeout() -> None:
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    url = f"http://{HOST}:{free_port()}"
+    with pytest.raises(SpawnError, match="did not answer"), run_server(command, url, start_timeout=1.0):
+        pass
+
+
+def test_smoke_passes_on_a_spawned_cmw_server() -> None:
+    result = runner.invoke(app, ["smoke", "-p", "constrained", "--json", "--quiet", *FAST_SIM])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["smoke"]["passed"] is True
+    checks = {c["check"] for c in doc["smoke"]["checks"]}
+    assert {"GET /admin/api/health", "GET /admin/api/queue", "isolation"} <= checks
+    assert doc["summary"]["turns_completed"] == 8
+    assert doc["meta"]["settings"]["events.chat_concurrency_limit"] == 1
+
+
+def test_compare_orders_profiles_by_their_chat_limits() -> None:
+    result = runner.invoke(app, ["loadtest", "--compare", "sequential,high-performance", "--users", "5",
+                                 "--turns", "2", "--json", "--quiet", *FAST_SIM])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    sequential, fast = doc["comparison"]
+    assert (sequential["profile"], sequential["speedup"]) == ("sequential", 1.0)
+    assert fast["profile"] == "high-performance"
+    assert fast["throughput_rps"] > 1.5 * sequential["throughput_rps"]
+    assert fast["ttft_p95"] < sequential["ttft_p95"]
+    for run, limit in zip(doc["runs"], (1, 5), strict=True):
+        summary, meta = run["summary"], run["meta"]
+        assert all(summary[m]["p95"] is not None for m in LATENCIES)
+        assert summary["isolation_violations"] == 0 and summary["efficiency"] is not None
+        assert meta["nominal"]["service_time_s"] == pytest.approx(0.5)
+        assert meta["admin"]["status"] == "ok"
+        assert meta["admin"]["chat_limit"] == limit
+        assert meta["admin"]["samples"] >= 1
+        assert meta["admin"]["peak"]["chat"]["running"] <= limit  # the server never ran more chats than allowed
