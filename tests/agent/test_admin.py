@@ -181,13 +181,13 @@ def test_no_response_or_log_line_carries_the_token_or_the_api_key(
 def test_configured_token_wins_and_removes_a_stale_generated_one(tmp_path: Path) -> None:
     stale = token_path(tmp_path)
     stale.write_text("old")
-    settings = load_settings(None, ["admin.token=configured-token"], environ={}).settings
+    settings = load_settings(None, ["admin.token=configured-token"], environ={}, env_file=None).settings
     assert admin_token(settings, tmp_path) == "configured-token"
     assert not stale.exists()
 
 
 def test_generated_token_is_kept_across_restarts_unless_others_can_read_it(tmp_path: Path) -> None:
-    settings = load_settings(None, [], environ={}).settings
+    settings = load_settings(None, [], environ={}, env_file=None).settings
     first = admin_token(settings, tmp_path)
     assert admin_token(settings, tmp_path) == first
     os.chmod(token_path(tmp_path), 0o644)
