@@ -46,6 +46,11 @@ KEY_FIGURES = (
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _say(markup: str) -> None:
+    """One line for people; long paths stay on the line instead of breaking it."""
+    console.print(markup, highlight=False, soft_wrap=True)
+
+
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -179,9 +184,12 @@ def profiles(as_json: JsonOption = False) -> None:
     if not report:
         fail("no profiles found; `cmw config path` shows where cmw looks")
     table = _table("profiles")
-    table.add_column("key", style="cyan")
+    # Keys stay whole (people copy them into --set); in a narrow terminal the values fold instead.
+    key_width = max(map(len, KEY_FIGURES))
+    narrow = console.width < key_width + 4 + 19 * len(report)
+    table.add_column("key", style="cyan", width=min(key_width, console.width // 2) if narrow else None)
     for name in report:
-        table.add_column(escape(name), justify="right")
+        table.add_column(escape(name), justify="right", overflow="fold", ratio=1 if narrow else None)
     for key in KEY_FIGURES:
         cells = [_text(entry["values"][key]) if entry["ok"] else "[red]invalid[/]" for entry in report.values()]
         table.add_row(key, *(cell if cell == "[red]invalid[/]" else escape(cell) for cell in cells))
@@ -189,9 +197,9 @@ def profiles(as_json: JsonOption = False) -> None:
     console.print(table)
     for name, entry in report.items():
         line = f"[bold]{escape(name)}[/]: {escape(entry['description'] or '(no description)')}"
-        console.print(f"{line} [dim]({escape(_pretty_path(entry['path']))})[/]", highlight=False)
+        _say(f"{line} [dim]({escape(_pretty_path(entry['path']))})[/]")
         for problem in entry["problems"]:
-            console.print(f"  [red]error:[/] {escape(problem)}", highlight=False)
+            _say(f"  [red]error:[/] {escape(problem)}")
 
 
 def _registry() -> dict[str, Any]:
@@ -236,15 +244,15 @@ def validate(
         for result in results:
             where = f" [dim]({escape(_pretty_path(result['path']))})[/]" if result["path"] else ""
             if result["ok"]:
-                console.print(f"[green]ok[/]       {escape(result['target'])}{where}", highlight=False)
+                _say(f"[green]ok[/]       {escape(result['target'])}{where}")
             else:
                 count = len(result["problems"])
                 label = f"{count} problem{'s' if count != 1 else ''}"
-                console.print(f"[red]invalid[/]  {escape(result['target'])}: {label}{where}", highlight=False)
+                _say(f"[red]invalid[/]  {escape(result['target'])}: {label}{where}")
             for problem in result["problems"]:
-                console.print(f"  [red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+                _say(f"  [red]error:[/] {escape(problem)}")
             for warning in result["warnings"]:
-                console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+                _say(f"  [yellow]warning:[/] {escape(warning)}")
     if bad:
         raise typer.Exit(int(Exit.BAD_INPUT))
 
@@ -283,7 +291,7 @@ def diff(
         )
         return
     if not differences:
-        console.print(f"{escape(a)} and {escape(b)} hold the same settings.", highlight=False)
+        _say(f"{escape(a)} and {escape(b)} hold the same settings.")
         return
     table = _table(f"{len(differences)} key{'s' if len(differences) != 1 else ''} differ")
     table.add_column("key", style="cyan")
@@ -359,7 +367,7 @@ def init(
     for key in skipped:
         warn(f"{key} not copied: secrets stay in the environment or .env")
     use = str(path) if looks_like_path(name) or directory else label
-    console.print(f"wrote {escape(str(path))}; use it with: cmw config show -p {escape(use)}", highlight=False)
+    _say(f"wrote {escape(str(path))}; use it with: cmw config show -p {escape(use)}")
 
 
 def _defaults() -> LoadedSettings:
