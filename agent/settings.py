@@ -491,23 +491,32 @@ GROUPS: frozenset[str] = frozenset(key.partition(".")[0] for key in REGISTRY if 
 PROFILE_META = ("profile.description", "description")
 
 
+def _arms(spec: KeySpec) -> list[Any]:
+    """The types a key accepts besides empty: ``int | None`` → [int]; ``Literal[...]`` stays whole."""
+    ann = spec.field.annotation
+    if typing.get_origin(ann) in (Union, types.UnionType):
+        return [a for a in typing.get_args(ann) if a is not type(None)]
+    return [ann]
+
+
 def _optional(spec: KeySpec) -> bool:
-    return type(None) in typing.get_args(spec.field.annotation)
+    ann = spec.field.annotation
+    return typing.get_origin(ann) in (Union, types.UnionType) and type(None) in typing.get_args(ann)
 
 
 def _is_list(spec: KeySpec) -> bool:
-    arms = [a for a in typing.get_args(spec.field.annotation) if a is not type(None)] or [spec.field.annotation]
-    return any(typing.get_origin(a) is list for a in arms) or typing.get_origin(spec.field.annotation) is list
+    return any(typing.get_origin(a) is list for a in _arms(spec))
 
 
 def _is_text(spec: KeySpec) -> bool:
     """Keys whose values are free text: `--set llm.model=4o` must not become a number."""
-    arms = [a for a in typing.get_args(spec.field.annotation) if a is not type(None)] or [spec.field.annotation]
-    return all(a in (str, SecretStr, Path) for a in arms)
+    return all(a in (str, SecretStr, Path) for a in _arms(spec))
 
 
 def _parse_scalar(text: str) -> Any:
-    """A TOML literal when the text is one (`4`, `2.0`, `true`, `[1, 2]`), else the text itself."""
+    """A TOML literal when the whole text is one (`4`, `2.0`, `true`, `[1, 2]`), else the text itself."""
+    if any(c in text for c in "\n\r#"):
+        return text  # `5\nx = 1` or `5 # five` is not the number 5: let validation say so
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

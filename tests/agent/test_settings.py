@@ -618,3 +618,10 @@ def test_gradio_behaves_as_the_warnings_say() -> None:
         assert len(demo._queue.active_jobs) == 7
     finally:
         demo.close(verbose=False)
+
+
+@pytest.mark.parametrize("text", ["5\nx = 1", "5 # five", "5, 6"])
+def test_text_that_only_starts_with_a_number_is_not_that_number(settings_env: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"CHAT_CONCURRENCY_LIMIT": text})
+    assert problems_of(exc)[0].startswith(f"events.chat_concurrency_limit = {text!r} (from env CHAT_CONCURRENCY_LIMIT)")
