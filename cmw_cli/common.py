@@ -7,13 +7,13 @@ the settings model load only when a command actually reads settings.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from agent.settings import LoadedSettings
 
 
@@ -27,8 +27,36 @@ class Exit(IntEnum):
     UNREACHABLE = 4
 
 
-console = Console()
-err_console = Console(stderr=True)
+class _LazyConsole:
+    """A rich Console made on first use: `cmw --help` never prints through rich, and importing it costs time."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def _real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+            # Console() freezes $COLUMNS/$LINES when it is made; made lazily, that would be whenever the
+            # first command printed. Unfrozen, the size is read on each use, as for a console made at start.
+            self._console._width = self._options.get("width")
+            self._console._height = self._options.get("height")
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def __enter__(self) -> Console:  # rich.live.Live buffers output with `with console:`
+        return self._real().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._real().__exit__(*exc)
+
+
+console = cast("Console", _LazyConsole())
+err_console = cast("Console", _LazyConsole(stderr=True))
 
 ProfileOption = Annotated[
     str | None,
@@ -50,6 +78,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 def fail(message: str, code: Exit = Exit.BAD_INPUT) -> NoReturn:
     """Print a one-line error (or several) to stderr and exit with ``code``."""
+    from rich.markup import escape
+
     for line in str(message).splitlines():
         # Messages quote TOML tables and values ("[events]", "[1, 2]"): never read them as markup.
         err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -58,6 +88,8 @@ def fail(message: str, code: Exit = Exit.BAD_INPUT) -> NoReturn:
 
 def warn(message: str) -> None:
     """One warning line on stderr, so stdout stays clean for --json."""
+    from rich.markup import escape
+
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 

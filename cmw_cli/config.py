@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from cmw_cli.common import Exit, JsonOption, ProfileOption, SetOption, console, fail, load_or_exit, warn
 
@@ -44,6 +43,13 @@ KEY_FIGURES = (
     "events.logs_refresh_concurrency_limit",
 )
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def escape(text: str) -> str:
+    """rich.markup.escape, imported when a command prints (`cmw --help` never does)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _say(markup: str) -> None:

@@ -12,9 +12,11 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from agent.settings import MASK, REGISTRY, ConfigError, load_profile, load_settings, shipped_profiles_dir
+from cmw_cli import config as config_commands
 from cmw_cli.main import app
 
 runner = CliRunner()
@@ -42,10 +44,15 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def terminal(monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+    """Print the config commands' output as on a terminal `width` columns wide."""
+    monkeypatch.setattr(config_commands, "console", Console(width=width))
+
+
 @pytest.fixture
 def wide(monkeypatch: pytest.MonkeyPatch) -> None:
     """A terminal wide enough for one table column per field, so cells do not wrap."""
-    monkeypatch.setenv("COLUMNS", "220")
+    terminal(monkeypatch, 220)
 
 
 # --------------------------------------------------------------------------- show
@@ -104,7 +111,7 @@ def test_show_table_has_every_key_value_source_allowed_and_description(settings_
 
 
 def test_show_narrow_terminal_keeps_every_key(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "80")
+    terminal(monkeypatch, 80)
     result = cmw("config", "show")
     assert result.exit_code == 0
     assert all(len(line) <= 80 for line in result.stdout.splitlines())
