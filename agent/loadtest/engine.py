@@ -13,6 +13,7 @@ import contextlib
 import math
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from agent.loadtest.connection import Connection, Origin
 from agent.loadtest.isolation import check_turn, make_canary
 from agent.loadtest.metrics import TurnRecord, describe, percentile
 from agent.loadtest.protocol import Endpoint, TurnResult, discover, run_turn
@@ -271,6 +273,7 @@ class VirtualUser:
     sent: list[str] = field(default_factory=list)
     confirmed: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] | None = None
+    conn: Connection | None = None  # its own keep-alive connection, as a browser tab has
 
     def __post_init__(self) -> None:
         self.canary = self.canary or make_canary(self.index)
@@ -286,8 +289,10 @@ class VirtualUser:
 class Engine:
     """Runs one workload against one endpoint and records every turn."""
 
-    def __init__(self, client: httpx.AsyncClient, endpoint: Endpoint, workload: Workload, progress: Progress):
-        self.client, self.endpoint, self.workload, self.progress = client, endpoint, workload, progress
+    def __init__(self, endpoint: Endpoint, workload: Workload, progress: Progress):
+        self.endpoint, self.workload, self.progress = endpoint, workload, progress
+        self.origin = Origin.parse(endpoint.base_url)
+        self.tls = ssl.create_default_context() if self.origin.scheme == "https" else None
         self.records: list[TurnRecord] = []
         self.users: list[VirtualUser] = []
         self.budget = workload.max_requests
@@ -296,6 +301,11 @@ class Engine:
         self.last_arrival: float | None = None
         self.t0 = time.perf_counter()
         self.rng = random.Random(workload.seed)
+
+    async def close(self) -> None:
+        for user in self.users:
+            if user.conn is not None:
+                await user.conn.close()
 
     def offered_end(self, run_end: float) -> float:
         """When the offered load began to fall: the first user out of turns (closed), the last arrival (open).
@@ -320,7 +330,9 @@ class Engine:
         self.progress.sent += 1
         self.progress.in_flight += 1
         try:
-            result = await run_turn(self.client, self.endpoint, user.session, message, history=user.history,
+            if user.conn is None:
+                user.conn = Connection(self.origin, self.tls)
+            result = await run_turn(user.conn, self.endpoint, user.session, message, history=user.history,
                                     timeout=self.workload.timeout)
         finally:
             self.progress.in_flight -= 1
@@ -424,18 +436,13 @@ async def run_workload(
     first request pays for lazy imports and connections, which is start-up cost, not a concurrency property.
     """
     progress = progress or Progress(workload.planned)
-    pool = max(64, 2 * (workload.users or 0) + 16)
-    if workload.rate is not None:
-        pool = max(pool, int(4 * workload.rate * min(workload.timeout, 30)))
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30)
-    timeout = httpx.Timeout(connect=10.0, read=None, write=30.0, pool=None)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers={"User-Agent": "cmw-loadtest"}) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0), headers={"User-Agent": "cmw-loadtest"}) as client:
         endpoint = await discover(client, url, api_name)
-        priming = await _prime(client, endpoint, workload.prime, workload.timeout)
+        engine = Engine(endpoint, workload, progress)
+        priming = await _prime(engine, workload.prime)
         admin = AdminWatch(client, endpoint.base_url, admin_token)
         await admin.start()
         monitor = Monitor()
-        engine = Engine(client, endpoint, workload, progress)
         started_at = time.time()
         monitor.start()
         engine.t0 = time.perf_counter()
@@ -450,6 +457,7 @@ async def run_workload(
         generator = await monitor.stop()
         admin_figures = await admin.stop()
         admin_figures["chat_limit"] = admin.chat_limit()
+        await engine.close()
     return RunData(
         endpoint=endpoint, workload=workload, turns=sorted(engine.records, key=lambda r: (r.t_join, r.user)),
         started_at=started_at, duration_s=duration, offered_end=engine.offered_end(duration), generator=generator,
@@ -459,13 +467,16 @@ async def run_workload(
     )
 
 
-async def _prime(client: httpx.AsyncClient, endpoint: Endpoint, turns: int, timeout: float) -> dict[str, Any]:
-    user = VirtualUser(index=-1, canary="prime")
+async def _prime(engine: Engine, turns: int) -> dict[str, Any]:
+    user = VirtualUser(index=-1, canary="prime", conn=Connection(engine.origin, engine.tls))
     results = []
     for _ in range(turns):
         message = user.next_message()
         user.sent.append(message)
-        results.append(await run_turn(client, endpoint, user.session, message, history=user.history, timeout=timeout))
+        results.append(await run_turn(user.conn, engine.endpoint, user.session, message, history=user.history,
+                                      timeout=engine.workload.timeout))
+        user.history = results[-1].history
+    await user.conn.close()
     return {
         "turns": turns,
         "e2e_s": [None if r.t_end is None else round(r.t_end - r.t_join, 6) for r in results],

@@ -17,16 +17,21 @@ from typing import Any
 
 import httpx
 
+from agent.loadtest.connection import Connection, ConnectionLost
+
 try:
     import orjson
 
-    def _loads(data: bytes | str) -> Any:
-        return orjson.loads(data)
+    _loads = orjson.loads
+    _dumps = orjson.dumps
 except ImportError:  # pragma: no cover - orjson ships with gradio
     import json
 
     def _loads(data: bytes | str) -> Any:
         return json.loads(data)
+
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(value).encode()
 
 
 QUEUE_FULL = "queue_full"
@@ -60,14 +65,6 @@ class Endpoint:
     output_types: tuple[str, ...]
     gradio_version: str
     protocol: str
-
-    @property
-    def join_url(self) -> str:
-        return f"{self.base_url}{self.api_prefix}/queue/join"
-
-    @property
-    def data_url(self) -> str:
-        return f"{self.base_url}{self.api_prefix}/queue/data"
 
     def payload(self, message: str, session_hash: str, history: list[dict[str, Any]] | None) -> dict[str, Any]:
         """The join body: the message first, what a fresh browser tab would send for the other inputs."""
@@ -275,7 +272,7 @@ class _TurnFailed(Exception):
 
 
 async def run_turn(
-    client: httpx.AsyncClient,
+    conn: Connection,
     endpoint: Endpoint,
     session_hash: str,
     message: str,
@@ -287,43 +284,46 @@ async def run_turn(
     result = TurnResult(t_join=time.perf_counter())
     try:
         async with asyncio.timeout(timeout):
-            await _follow(client, endpoint, session_hash, message, history, result)
+            await _follow(conn, endpoint, session_hash, message, history, result)
     except TimeoutError:
+        await conn.close()  # the turn was abandoned mid-request: the connection's framing is unknown
         result.error, result.detail = TIMEOUT, f"no completion within {timeout:g}s"
     except _TurnFailed as exc:
         result.error, result.detail = exc.kind, exc.detail
-    except httpx.TimeoutException as exc:
-        result.error, result.detail = TIMEOUT, type(exc).__name__
-    except httpx.HTTPError as exc:
-        result.error, result.detail = DISCONNECT, f"{type(exc).__name__}: {exc}"[:300]
+    except ConnectionLost as exc:
+        result.error, result.detail = DISCONNECT, str(exc)[:300]
     if result.t_end is None:
         result.t_end = time.perf_counter()
     return result
 
 
 async def _follow(
-    client: httpx.AsyncClient,
+    conn: Connection,
     endpoint: Endpoint,
     session_hash: str,
     message: str,
     history: list[dict[str, Any]] | None,
     result: TurnResult,
 ) -> None:
-    response = await client.post(endpoint.join_url, json=endpoint.payload(message, session_hash, history))
-    if response.status_code != 200:
-        detail = _detail(response)
-        if response.status_code == 503 and "full" in detail.lower():
+    body = _dumps(endpoint.payload(message, session_hash, history))
+    status, answer = await conn.post_json(f"{endpoint.api_prefix}/queue/join", body)
+    if status != 200:
+        detail = _detail(answer)
+        if status == 503 and "full" in detail.lower():
             raise _TurnFailed(QUEUE_FULL, detail)
-        if response.status_code == 503:
+        if status == 503:
             raise _TurnFailed(DISCONNECT, detail)
-        raise _TurnFailed(APP_ERROR, f"join answered HTTP {response.status_code}: {detail}")
-    event_id = response.json().get("event_id")
+        raise _TurnFailed(APP_ERROR, f"join answered HTTP {status}: {detail}")
+    try:
+        event_id = _loads(answer).get("event_id")
+    except (ValueError, AttributeError):
+        raise _TurnFailed(APP_ERROR, f"join answered {answer[:100]!r}, not an event id") from None
     outputs: list[Any] | None = None
-    async with client.stream("GET", endpoint.data_url, params={"session_hash": session_hash}) as stream:
-        if stream.status_code != 200:
-            raise _TurnFailed(DISCONNECT, f"event stream answered HTTP {stream.status_code}")
+    async with conn.stream(f"{endpoint.api_prefix}/queue/data", {"session_hash": session_hash}) as (code, chunks):
+        if code != 200:
+            raise _TurnFailed(DISCONNECT, f"event stream answered HTTP {code}")
         buffer = b""
-        async for chunk in stream.aiter_bytes():
+        async for chunk in chunks:
             buffer += chunk
             while b"\n\n" in buffer:
                 block, buffer = buffer.split(b"\n\n", 1)
@@ -392,11 +392,11 @@ def _parse_block(block: bytes) -> dict[str, Any] | None:
     return None
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(answer: bytes) -> str:
     try:
-        body = response.json()
+        body = _loads(answer)
     except ValueError:
-        return response.text[:300]
+        return answer[:300].decode("utf-8", "replace")
     detail = body.get("detail", body) if isinstance(body, dict) else body
     return str(detail)[:300]
 
