@@ -915,7 +915,8 @@ def check_effect(settings: Settings) -> list[str]:
     if max_size is not None and max_size < chat:
         warnings.append(
             f"queue.max_size={max_size} < events.chat_concurrency_limit={chat}: Gradio refuses joins once "
-            f"{max_size} events wait, so a burst of more than {max_size} chats is refused although chat slots are free."
+            f"{max_size} events wait, so a burst of more than {max_size} simultaneous chats can be refused while "
+            "chat slots are free."
         )
     if not settings.queue.enabled:
         warnings.append(
