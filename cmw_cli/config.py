@@ -1,7 +1,7 @@
 """`cmw config ...`: show, compare, validate and create settings profiles.
 
-Thin commands over agent.settings. Only typer and rich load at import time: `cmw --help` imports
-this module, and the settings model (pydantic) loads inside the commands.
+Thin commands over agent.settings. Only typer loads at import time (`cmw --help` imports this
+module): the settings model (pydantic) and rich load inside the commands.
 """
 
 from __future__ import annotations
@@ -197,8 +197,8 @@ def profiles(as_json: JsonOption = False) -> None:
     for name in report:
         table.add_column(escape(name), justify="right", overflow="fold", ratio=1 if narrow else None)
     for key in KEY_FIGURES:
-        cells = [_text(entry["values"][key]) if entry["ok"] else "[red]invalid[/]" for entry in report.values()]
-        table.add_row(key, *(cell if cell == "[red]invalid[/]" else escape(cell) for cell in cells))
+        cells = [escape(_text(e["values"][key])) if e["ok"] else "[red]invalid[/]" for e in report.values()]
+        table.add_row(key, *cells)
     table.add_row("warnings", *(str(len(e["warnings"])) for e in report.values()), end_section=True)
     console.print(table)
     for name, entry in report.items():
@@ -235,14 +235,14 @@ def validate(
     names = targets or list(available_profiles())
     results: list[dict[str, Any]] = []
     for name in names:
+        result: dict[str, Any] = {"target": name, "path": None, "ok": False, "problems": [], "warnings": []}
         try:
             loaded = load_profile(name)
         except ConfigError as exc:
-            results.append({"target": name, "path": None, "ok": False, "problems": [str(p) for p in exc.problems]})
-            results[-1]["warnings"] = []
+            result["problems"] = [str(p) for p in exc.problems]
         else:
-            path = str(loaded.profile_path)
-            results.append({"target": name, "path": path, "ok": True, "problems": [], "warnings": loaded.warnings})
+            result.update(path=str(loaded.profile_path), ok=True, warnings=loaded.warnings)
+        results.append(result)
     bad = [r for r in results if not r["ok"]]
     if as_json:
         _print_json(results)
@@ -281,10 +281,12 @@ def diff(
     differences: dict[str, dict[str, Any]] = {}
     for key, spec in _registry().items():
         va, vb = display_value(first.settings.get(key), spec), display_value(second.settings.get(key), spec)
-        if spec.secret:  # masked values compare equal; say whether one is set rather than what it is
-            va, vb = first.settings.get(key) is not None, second.settings.get(key) is not None
-            if va != vb:
-                differences[key] = {"a": "set" if va else None, "b": "set" if vb else None}
+        if spec.secret:  # say whether each is set (and whether they differ), never what they are
+            sa, sb = first.settings.get(key), second.settings.get(key)
+            if sa != sb:
+                differences[key] = {"a": "set" if sa else None, "b": "set" if sb else None}
+                if sa and sb:
+                    differences[key]["b"] = "set, different"
         elif va != vb:
             differences[key] = {"a": va, "b": vb}
     if as_json:
