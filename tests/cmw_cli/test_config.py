@@ -500,3 +500,31 @@ def test_a_bad_secret_is_reported_without_its_value(settings_env: Path) -> None:
     result = cmw("config", "show", "-p", str(keyed))
     assert_bad_input(result, f"llm.api_key = {MASK} (from {keyed} [llm] api_key)")
     assert "123456789" not in result.output
+
+
+# --------------------------------------------------------------------------- common.load_or_exit
+
+
+def test_load_or_exit_dedicated_flags_beat_set_which_beats_env(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cmw_cli.common import load_or_exit
+
+    monkeypatch.setenv("CMW_SERVER__PORT", "3")
+    assert load_or_exit(None, ["server.port=2"]).sources["server.port"] == "--set"
+    loaded = load_or_exit(None, ["server.port=2"], {"server.port": (1, "--port"), "server.host": None})
+    assert (loaded.settings.server.port, loaded.sources["server.port"]) == (1, "--port")
+    assert loaded.sources.get("server.host", "default") == "default"
+
+
+def test_load_or_exit_turns_problems_into_exit_2(settings_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from cmw_cli.common import load_or_exit
+
+    with pytest.raises(typer.Exit) as exc:
+        load_or_exit("nope", ["server.port=x"], {"sim.port": (-1, "--port")})
+    assert exc.value.exit_code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
+    assert any(line.startswith("error: sim.port = -1 (from --port): ") for line in lines)
