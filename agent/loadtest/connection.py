@@ -87,7 +87,11 @@ class Connection:
         for attempt in (1, 2):
             fresh = self._writer is None
             if fresh:
-                await self._connect()
+                try:
+                    await self._connect()
+                except OSError as exc:
+                    reason = exc.strerror or exc
+                    raise ConnectionLost(f"cannot connect to {self.origin.host_header}: {reason}") from None
             assert self._reader is not None and self._writer is not None  # noqa: S101 - set by _connect
             try:
                 self._writer.write(data)

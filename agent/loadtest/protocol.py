@@ -292,6 +292,10 @@ async def run_turn(
         result.error, result.detail = exc.kind, exc.detail
     except ConnectionLost as exc:
         result.error, result.detail = DISCONNECT, str(exc)[:300]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        # A malformed event or an edit that does not fit what we hold: the app's stream is broken, not the run.
+        await conn.close()
+        result.error, result.detail = APP_ERROR, f"unreadable event stream: {type(exc).__name__}: {exc}"[:300]
     if result.t_end is None:
         result.t_end = time.perf_counter()
     return result
