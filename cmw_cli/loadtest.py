@@ -61,6 +61,8 @@ def _finish(doc: dict[str, Any]) -> None:
     from agent.loadtest.runner import verdict
 
     for run in doc.get("runs") or [doc]:
+        if run["meta"]["interrupted"]:
+            warn("interrupted: the figures cover the run up to Ctrl-C")
         if run["meta"]["generator"]["inconclusive"]:
             warn("inconclusive: the load generator itself was busy (" + "; ".join(run["meta"]["generator"]["reasons"])
                  + "); figures may understate the server")

@@ -13,9 +13,10 @@ import contextlib
 import math
 import random
 import secrets
+import signal
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -140,6 +141,7 @@ class RunData:
     skipped_arrivals: int
     users_started: int
     prime: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
 
 
 # --------------------------------------------------------------------------- self-monitoring
@@ -446,13 +448,20 @@ async def run_workload(
         started_at = time.time()
         monitor.start()
         engine.t0 = time.perf_counter()
-        runner = engine.open_loop() if workload.rate is not None else engine.closed_loop()
+        runner = asyncio.create_task(engine.open_loop() if workload.rate is not None else engine.closed_loop())
+        interrupt = asyncio.Event()
+        with _on_sigint(interrupt.set):
+            waiter = asyncio.create_task(interrupt.wait())
+            await asyncio.wait({runner, waiter}, timeout=workload.duration, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
         unfinished = 0
-        try:
-            await asyncio.wait_for(runner, timeout=workload.duration)
-        except TimeoutError:
-            # Cut off by --duration: turns in flight then are neither completed nor failed.
+        if not runner.done():
+            # Cut off by --duration or Ctrl-C: turns in flight then are neither completed nor failed.
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
             unfinished = progress.sent - progress.done - progress.failed
+        else:
+            runner.result()
         duration = time.perf_counter() - engine.t0
         generator = await monitor.stop()
         admin_figures = await admin.stop()
@@ -463,8 +472,23 @@ async def run_workload(
         started_at=started_at, duration_s=duration, offered_end=engine.offered_end(duration), generator=generator,
         admin=admin_figures,
         unfinished=unfinished, skipped_arrivals=engine.skipped_arrivals, users_started=len(engine.users),
-        prime=priming,
+        prime=priming, interrupted=interrupt.is_set(),
     )
+
+
+@contextlib.contextmanager
+def _on_sigint(callback: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C ends the run early but still reports it; outside the main thread there is nothing to install."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, callback)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _prime(engine: Engine, turns: int) -> dict[str, Any]:

@@ -88,9 +88,9 @@ def totals_table(doc: dict[str, Any]) -> Table:
     table.add_row("generator", verdict)
     admin = meta["admin"]
     if admin["status"] == "ok":
-        peaks = ", ".join(f"{name} running≤{f['running']} waiting≤{f['waiting']} limit {f['limit']}"
-                          for name, f in admin["peak"].items())
-        table.add_row("server queue", peaks or "no events")
+        peaks = ", ".join(f"{name}: peak running {f['running']} of limit {f['limit']}, peak waiting {f['waiting']}"
+                          for name, f in admin["peak"].items() if f["running"] or f["waiting"])
+        table.add_row("server queue", peaks or f"no event seen running in {admin['samples']} samples")
     else:
         table.add_row("server queue", Text(f"admin figures skipped: {admin['status']}", style="dim"))
     for expr, result in summary["slo"].items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from agent.settings import LoadedSettings, load_settings
 
 SEQUENTIAL = "sequential"
 SEQUENTIAL_BASE = "balanced"
-SMOKE_SLOS = ("errors<1%", "ttft.p95<10s", "turns_completed>0")
+SMOKE_SLOS = ("errors<1%", "ttft.p95<30s", "turns_completed>0")
 
 LiveFactory = Callable[[Progress], contextlib.AbstractContextManager[Any]]
 
@@ -75,7 +75,6 @@ def loadtest(
     chat_limit: int | None = None,
     service_time: float | None = None,
     live: LiveFactory | None = None,
-    on_spawned: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One run; raises ``SloError``/``ConfigError``/``WorkloadError`` (bad input), ``TargetError``/``SpawnError``."""
     parsed = parse_slos(list(slos or []))
@@ -83,14 +82,15 @@ def loadtest(
     if problems:
         raise WorkloadError("\n".join(problems))
     if target.spawn:
-        loaded = load_settings(target.profile, target.overrides)
+        base, extra = profile_overrides(target.profile) if target.profile else (None, [])
+        overrides = [*target.overrides, *extra]
+        loaded = load_settings(base, overrides)
         nominal = nominal_from_settings(loaded)
-        with spawn_server(target.profile, target.overrides) as server:
-            if on_spawned is not None:
-                on_spawned(server.url)
+        with spawn_server(base, overrides) as server:
             run = _run(server.url, target, workload, live, token=server.admin_token)
+        target = replace(target, overrides=overrides)
         settings = {key: entry["value"] for key, entry in loaded.describe().items()}
-        profile: str | None = loaded.profile_name
+        profile: str | None = SEQUENTIAL if target.profile == SEQUENTIAL else loaded.profile_name
     else:
         assert target.url is not None  # noqa: S101 - the command requires --url or --spawn
         run = _run(target.url, target, workload, live, token=target.token)
@@ -158,6 +158,7 @@ def build_document(
         "prime": run.prime,
         "users_started": run.users_started,
         "unfinished": run.unfinished,
+        "interrupted": run.interrupted,
         "skipped_arrivals": run.skipped_arrivals,
         "versions": {
             "cmw": __version__,
@@ -189,11 +190,8 @@ def compare(
     for name in profiles:
         if on_profile is not None:
             on_profile(name)
-        base, extra = profile_overrides(name)
-        target = Target(spawn=True, profile=base, overrides=[*(overrides or []), *extra])
-        doc = loadtest(target, workload, slos=slos, service_time=service_time, live=live)
-        doc["meta"]["target"]["profile"] = name
-        runs.append(doc)
+        target = Target(spawn=True, profile=name, overrides=list(overrides or []))
+        runs.append(loadtest(target, workload, slos=slos, service_time=service_time, live=live))
     return comparison_document(profiles, runs)
 
 
