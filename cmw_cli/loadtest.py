@@ -147,7 +147,9 @@ def loadtest(
     Example usage:
 
         cmw loadtest --spawn -p balanced --users 12 --turns 3 --out run.json
+
         cmw loadtest --url http://127.0.0.1:7860 --rate 5 --duration 30 --slo 'ttft.p95<2s' --slo 'errors<1%'
+
         cmw loadtest --compare sequential,balanced,high-performance --users 10 --turns 2
     """
     from agent.loadtest.engine import Workload
@@ -201,6 +203,8 @@ def smoke(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress and no tables.")] = False,
 ) -> None:
     """CI preset: spawn `cmw serve`, a short load, isolation, loose SLOs, health and admin; exit 0 only if all hold.
+
+    Exit codes: 0 all held, 1 a check failed, 2 bad usage, 3 session isolation violated, 4 the server did not start.
 
     Example usage:
 

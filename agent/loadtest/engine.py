@@ -1,4 +1,4 @@
-"""The load generator: virtual users on one event loop and one shared HTTP connection pool.
+"""The load generator: virtual users on one event loop, each with its own keep-alive connection.
 
 Closed loop: ``users`` users each send ``turns`` messages, thinking ``think_time`` between them, started evenly
 over ``ramp_up``. Open loop: messages arrive at ``rate`` per second (Poisson), each taken by an idle user that has
@@ -438,6 +438,7 @@ async def run_workload(
     first request pays for lazy imports and connections, which is start-up cost, not a concurrency property.
     """
     progress = progress or Progress(workload.planned)
+    _raise_fd_limit(workload.users or workload.planned)
     async with httpx.AsyncClient(timeout=httpx.Timeout(15.0), headers={"User-Agent": "cmw-loadtest"}) as client:
         endpoint = await discover(client, url, api_name)
         engine = Engine(endpoint, workload, progress)
@@ -474,6 +475,20 @@ async def run_workload(
         unfinished=unfinished, skipped_arrivals=engine.skipped_arrivals, users_started=len(engine.users),
         prime=priming, interrupted=interrupt.is_set(),
     )
+
+
+def _raise_fd_limit(connections: int) -> None:
+    """Each user holds a socket: lift the soft open-files limit (often 1024) towards the hard one when needed."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 @contextlib.contextmanager

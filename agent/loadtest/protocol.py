@@ -1,13 +1,14 @@
-"""Gradio's queue protocol (sse_v3, Gradio 6) spoken with raw httpx, as the browser speaks it.
+"""Gradio's queue protocol (sse_v3, Gradio 6) spoken over plain HTTP/1.1, as the browser speaks it.
 
-One turn is ``POST {prefix}/queue/join`` → ``{"event_id"}``, then ``GET {prefix}/queue/data?session_hash=…``:
-server-sent events ``estimation``, ``process_starts``, ``process_generating`` (the first carries full output
-values, later ones a list of edits per output: ``[action, path, value]``), ``process_completed`` (full values),
-``heartbeat`` and ``close_stream``. Gradio closes the stream once the session has no pending event, so each turn
-opens its own stream. ``gradio_client`` is avoided on purpose: each ``Client`` costs a config fetch, a heartbeat
-thread and a thread pool, which would make the generator the bottleneck long before the server.
+Checked against gradio 6.31's routes.py (queue_join, queue_data), queueing.py and blocks.handle_streaming_diffs,
+and against real apps. One turn is ``POST {prefix}/queue/join`` → ``{"event_id"}``, then
+``GET {prefix}/queue/data?session_hash=…``: server-sent events ``estimation``, ``process_starts``,
+``process_generating`` (the first carries full output values, later ones a list of edits per output:
+``[action, path, value]``), ``process_completed`` (full values), ``heartbeat`` and ``close_stream``. Gradio closes
+the stream once the session has no pending event, so each turn opens its own stream. ``gradio_client`` is avoided
+on purpose: each ``Client`` costs a config fetch, a heartbeat thread and a thread pool, which would make the
+generator the bottleneck long before the server.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -111,6 +112,9 @@ async def discover(client: httpx.AsyncClient, url: str, api_name: str = "chat") 
     if match is None:
         listing = ", ".join(sorted({str(d["api_name"]) for d in named})) or "none"
         raise TargetError(f"{url} has no endpoint api_name={api_name!r}; it has: {listing}", unreachable=False)
+    if str(config.get("protocol", "")).startswith("ws"):
+        raise TargetError(f"{url} speaks Gradio's old websocket protocol; cmw loadtest needs Gradio 4 or later",
+                          unreachable=False)
     if not match.get("inputs"):
         raise TargetError(f"endpoint {api_name!r} of {url} takes no input to put a message in", unreachable=False)
     inputs = tuple(match["inputs"])
