@@ -4,8 +4,8 @@ Each virtual user owns one connection and uses it for one request at a time (joi
 browser tab does. Measured with bench/loadgen_capacity.py (a trivial Gradio-protocol server, 21 streamed updates per
 turn, 2 shared cores): through one httpx pool the generator spent 10–18 ms of CPU per turn, its event loop lagged
 by 0.5 s at 512 users and it topped out near 60 turns/s (httpcore scans its whole pool, polling each idle socket, on
-every request); on these connections a turn costs ~2.5 ms and 512 users ran at ~150 turns/s with 36% of a core
-and a loop-lag p99 of 30 ms. Discovery and admin polling still use httpx, where convenience matters more.
+every request); on these connections a turn costs ~2.4 ms and 512 users ran at ~190 turns/s with 45% of a core
+and a loop-lag p99 of 8 ms. Discovery and admin polling still use httpx, where convenience matters more.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ turns left or by a new user. Both stop at ``duration`` or after ``max_requests``
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 import random
@@ -393,7 +394,7 @@ class Engine:
     async def open_loop(self) -> None:
         w = self.workload
         assert w.rate is not None  # noqa: S101 - open_loop is only chosen with a rate
-        idle: list[VirtualUser] = []
+        idle: collections.deque[VirtualUser] = collections.deque()
         tasks: set[asyncio.Task[None]] = set()
 
         async def serve(user: VirtualUser) -> None:
@@ -405,7 +406,7 @@ class Engine:
             while self._take_budget():
                 await asyncio.sleep(self.rng.expovariate(w.rate))
                 if idle:
-                    user = idle.pop(0)
+                    user = idle.popleft()
                 elif w.users and len(self.users) >= w.users:
                     self.skipped_arrivals += 1
                     continue
