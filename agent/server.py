@@ -160,15 +160,17 @@ def serve(loaded: LoadedSettings, *, console: Any = None) -> int:
     """Serve until SIGINT/SIGTERM; return the process exit code."""
     from rich.console import Console
 
+    from agent.settings import ConfigError
+    from agent.store import StoreError
     from agent.store import state_dir as resolve_state_dir
 
     console = console or Console(stderr=True)
     settings = loaded.settings
-    state_dir = resolve_state_dir(settings)
     try:
+        state_dir = resolve_state_dir(settings)
         sock = bind_socket(settings.server.host, settings.server.port)
-    except StartupError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+    except (StartupError, StoreError, OSError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 4
     try:
         with _simulator(loaded) as sim_url:
@@ -186,8 +188,12 @@ def serve(loaded: LoadedSettings, *, console: Any = None) -> int:
             )
             server = DrainingServer(config, ctx, settings.server.shutdown_grace_s, console)
             server.run(sockets=[sock])
-    except StartupError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            console.print(f"[bold red]error:[/] {line}", highlight=False)
+        return 2
+    except (StartupError, StoreError, OSError) as exc:
+        console.print(f"[bold red]error:[/] cannot start: {exc}", highlight=False)
         return 4
     finally:
         sock.close()
