@@ -1,4 +1,4 @@
-"""Where sessions' conversations outlive the process: an embedded SQLite database, or memory.
+"""Where sessions' conversations outlive the process: an embedded SQLite database, Redis, or memory.
 
 The session manager writes here as turns complete, so a restart (even after ``kill -9``) brings back
 every completed turn. One SQLite connection in WAL mode with ``synchronous=NORMAL``: a committed
@@ -242,6 +242,173 @@ class SQLiteStore:
             self._db.close()
 
 
+_DELETE_IF_NOT_NEWER = """
+local meta = redis.call('GET', KEYS[1])
+if meta and ARGV[1] ~= '' then
+  local stored = tonumber(cjson.decode(meta)['last_active'])
+  if stored and stored > tonumber(ARGV[1]) then return -1 end
+end
+local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
+return existed
+"""
+
+
+class RedisStore:
+    """Sessions in Redis, shared by every worker process and host (``sessions.store = "redis://…"``).
+
+    Per session: ``cmw:session:<id>`` (meta JSON), ``cmw:messages:<id>`` (a list of JSON messages) and
+    ``cmw:files:<id>`` (a hash); ``cmw:ids`` orders the ids by creation. A turn is one MULTI/EXEC, so a
+    reader (any worker) sees all of a turn or none of it. Durability is Redis's: configure AOF
+    (``appendonly yes``) where a Redis restart must not lose turns; a worker's ``kill -9`` loses nothing.
+
+    Deleting is guarded: a worker that ends a session it holds a stale copy of (another worker wrote a
+    newer ``last_active`` since this one last read or wrote it) leaves the record alone, so one worker's
+    idle expiry or LRU eviction never deletes a conversation that lives on elsewhere.
+
+    ``preload`` (class-wide) decides whether :meth:`list_ids` offers every session to a starting
+    manager. Worker processes behind the sticky proxy turn it off: each restores only the sessions the
+    proxy sends it, on their next request, instead of holding stale copies of every other worker's.
+    """
+
+    preload = True
+
+    def __init__(self, url: str, *, prefix: str = "cmw:") -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self._shown = _masked_url(url)
+        self._seen: dict[str, float] = {}  # session id -> last_active this process last read or wrote
+        self._seen_lock = threading.Lock()
+        try:
+            self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, decode_responses=True)
+            self._redis.ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise StoreError(f"session store {self._shown}: cannot connect: {exc}") from None
+        self._delete_script = self._redis.register_script(_DELETE_IF_NOT_NEWER)
+
+    def _keys(self, session_id: str) -> tuple[str, str, str]:
+        p = self.prefix
+        return f"{p}session:{session_id}", f"{p}messages:{session_id}", f"{p}files:{session_id}"
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        import redis
+
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise StoreError(f"session store {self._shown}: {what} failed: {exc}") from None
+
+    def _see(self, meta: Mapping[str, Any] | None) -> None:
+        if meta is not None and "last_active" in meta:
+            with self._seen_lock:
+                self._seen[str(meta["id"])] = float(meta["last_active"])
+
+    def _upsert(self, pipe: Any, meta: Mapping[str, Any]) -> None:
+        session_key = self._keys(meta["id"])[0]
+        pipe.set(session_key, json.dumps(meta, separators=(",", ":")))
+        pipe.zadd(f"{self.prefix}ids", {meta["id"]: float(meta.get("created", 0.0))}, nx=True)
+
+    def save_session(self, meta: dict[str, Any]) -> None:
+        with self._errors("write"):
+            pipe = self._redis.pipeline(transaction=True)
+            self._upsert(pipe, meta)
+            pipe.execute()
+        self._see(meta)
+
+    def append_messages(
+        self, session_id: str, messages: list[dict[str, Any]], *, meta: dict[str, Any] | None = None
+    ) -> None:
+        with self._errors("write"):
+            pipe = self._redis.pipeline(transaction=True)
+            if meta is not None:
+                self._upsert(pipe, meta)
+            if messages:
+                pipe.rpush(self._keys(session_id)[1], *(json.dumps(m, separators=(",", ":")) for m in messages))
+            pipe.execute()
+        self._see(meta)
+
+    def clear_messages(self, session_id: str) -> None:
+        with self._errors("write"):
+            self._redis.delete(self._keys(session_id)[1])
+
+    def save_file(self, session_id: str, name: str, content: str, *, meta: dict[str, Any] | None = None) -> None:
+        with self._errors("write"):
+            pipe = self._redis.pipeline(transaction=True)
+            if meta is not None:
+                self._upsert(pipe, meta)
+            pipe.hset(self._keys(session_id)[2], name, content)
+            pipe.execute()
+        self._see(meta)
+
+    def delete_file(self, session_id: str, name: str) -> None:
+        with self._errors("write"):
+            self._redis.hdel(self._keys(session_id)[2], name)
+
+    def load(self, session_id: str) -> dict[str, Any] | None:
+        session_key, messages_key, files_key = self._keys(session_id)
+        with self._errors("read"):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.get(session_key)
+            pipe.lrange(messages_key, 0, -1)
+            pipe.hgetall(files_key)
+            raw, messages, files = pipe.execute()
+        if raw is None:
+            return None
+        meta = json.loads(raw)
+        self._see(meta)
+        return {**meta, "history": [json.loads(m) for m in messages], "files": dict(files)}
+
+    def delete(self, session_id: str) -> bool:
+        with self._seen_lock:
+            seen = self._seen.pop(session_id, None)
+        with self._errors("delete"):
+            keys = [*self._keys(session_id), f"{self.prefix}ids"]
+            result = self._delete_script(keys=keys, args=["" if seen is None else repr(seen), session_id])
+        return int(result) > 0
+
+    def list_ids(self) -> list[str]:
+        """Every stored id (oldest first), or none when this process restores sessions lazily (``preload``)."""
+        return self.all_ids() if self.preload else []
+
+    def all_ids(self) -> list[str]:
+        with self._errors("read"):
+            return list(self._redis.zrange(f"{self.prefix}ids", 0, -1))
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Meta plus attached file names of every stored session, for admin views across workers."""
+        ids = self.all_ids()
+        with self._errors("read"):
+            pipe = self._redis.pipeline(transaction=False)
+            for session_id in ids:
+                pipe.get(self._keys(session_id)[0])
+                pipe.hkeys(self._keys(session_id)[2])
+            replies = pipe.execute()
+        out = []
+        for raw, names in zip(replies[::2], replies[1::2], strict=True):
+            if raw is not None:
+                out.append({**json.loads(raw), "files": list(names)})
+        return out
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _masked_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def open_store(spec: str, state_dir: Path) -> SessionStore:
     """The store ``sessions.store`` names: ``sqlite`` (state_dir/sessions.db), ``memory``, or ``redis://``."""
     if spec == "sqlite":
@@ -249,9 +416,13 @@ def open_store(spec: str, state_dir: Path) -> SessionStore:
     if spec == "memory":
         return MemoryStore()
     if spec.startswith(("redis://", "rediss://")):
-        raise ConfigError(
-            [Problem("sessions.store: a redis:// store is not available yet; use sqlite (default) or memory")]
-        )
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                [Problem("sessions.store: a redis:// store needs the python package 'redis' (pip install redis)")]
+            ) from None
+        return RedisStore(spec)
     raise ConfigError([Problem(f"sessions.store = {spec!r}: allowed: sqlite|memory|redis://…")])
 
 

@@ -1,0 +1,173 @@
+"""The Redis session store against a real redis-server on a free loopback port.
+
+Skipped, with the reason, when redis-server is not installed (.ci/run installs the Debian package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.store import RedisStore, StoreError, open_store
+
+REDIS_SERVER = shutil.which("redis-server") or next(
+    (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if Path(p).exists()), None
+)
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server; .ci/run does)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_redis(workdir: Path) -> Iterator[str]:
+    """redis-server on a free loopback port, no persistence files outside ``workdir``; yields its URL."""
+    assert REDIS_SERVER is not None
+    port = _free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
+           "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+    log = open(workdir / "redis.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(workdir / 'redis.log').read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not listen within 20 s")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[RedisStore]:
+    made = RedisStore(redis_url)
+    made._redis.flushdb()
+    yield made
+    made.close()
+
+
+def meta(session_id: str = "s1", **extra: object) -> dict[str, object]:
+    return {"id": session_id, "created": 1.0, "last_active": 2.0, "provider": "sim", "model": "m", "turns": 0, **extra}
+
+
+def msg(role: str, text: str) -> dict[str, str]:
+    return {"role": role, "content": text}
+
+
+@needs_redis
+def test_open_store_gives_a_redis_store(redis_url: str, tmp_path: Path) -> None:
+    made = open_store(redis_url, tmp_path)
+    try:
+        assert isinstance(made, RedisStore)
+    finally:
+        made.close()
+
+
+@needs_redis
+def test_saved_session_loads_with_history_and_files(store: RedisStore) -> None:
+    assert store.load("s1") is None
+    store.save_session(meta())
+    store.append_messages("s1", [msg("user", "hi"), msg("assistant", "hello")], meta=meta(turns=1))
+    store.save_file("s1", "notes.txt", "text", meta=meta(turns=1))
+    assert store.load("s1") == {
+        **meta(turns=1), "history": [msg("user", "hi"), msg("assistant", "hello")], "files": {"notes.txt": "text"},
+    }
+    store.delete_file("s1", "notes.txt")
+    store.clear_messages("s1")
+    assert store.load("s1") == {**meta(turns=1), "history": [], "files": {}}
+
+
+@needs_redis
+def test_another_process_sees_every_write(store: RedisStore, redis_url: str) -> None:
+    other = RedisStore(redis_url)
+    try:
+        for i in range(3):
+            store.append_messages("s1", [msg("user", f"q{i}"), msg("assistant", f"a{i}")], meta=meta(turns=i + 1))
+        loaded = other.load("s1")
+        assert loaded is not None and loaded["turns"] == 3
+        assert [m["content"] for m in loaded["history"]] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+        store.save_session(meta("s2", created=5.0))
+        assert other.all_ids() == ["s1", "s2"]
+        assert [s["id"] for s in other.summaries()] == ["s1", "s2"]
+    finally:
+        other.close()
+
+
+@needs_redis
+def test_messages_without_a_session_row_are_not_a_session(store: RedisStore) -> None:
+    store.append_messages("ghost", [msg("user", "hi")])
+    assert store.load("ghost") is None
+    assert "ghost" not in store.list_ids()
+
+
+@needs_redis
+def test_delete_removes_everything(store: RedisStore) -> None:
+    store.save_file("s1", "a.txt", "x", meta=meta())
+    store.append_messages("s1", [msg("user", "hi")], meta=meta())
+    assert store.delete("s1") is True
+    assert store.load("s1") is None
+    assert store.all_ids() == []
+    assert store._redis.keys("cmw:*") == []
+    assert store.delete("s1") is False
+
+
+@needs_redis
+def test_a_stale_copy_never_deletes_a_newer_record(store: RedisStore, redis_url: str) -> None:
+    """Worker A read the session, worker B then wrote a turn: A's expiry of its stale copy must not delete it."""
+    store.append_messages("s1", [msg("user", "q0")], meta=meta(last_active=10.0))
+    other = RedisStore(redis_url)
+    try:
+        assert other.load("s1") is not None  # other now holds a copy at last_active=10
+        store.append_messages("s1", [msg("user", "q1")], meta=meta(last_active=20.0))
+        assert other.delete("s1") is False
+        assert store.load("s1") is not None
+        # The writer itself (the owner) may delete, and so may a process that never saw the session.
+        assert store.delete("s1") is True
+    finally:
+        other.close()
+
+
+@needs_redis
+def test_preload_off_restores_lazily(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.save_session(meta())
+    assert store.list_ids() == ["s1"]
+    monkeypatch.setattr(RedisStore, "preload", False)
+    assert store.list_ids() == []
+    assert store.all_ids() == ["s1"]
+
+
+def test_unreachable_redis_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"redis://u:\*\*\*@127\.0\.0\.1:\d+/0: cannot connect"):
+        RedisStore(f"redis://u:secret@127.0.0.1:{_free_port()}/0")
