@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from agent import __version__
-from cmw_cli import config, loadtest, serve, sessions, sim, status
+from cmw_cli import config, loadtest, proxy, serve, sessions, sim, status
 
 app = typer.Typer(
     name="cmw",
@@ -45,6 +45,7 @@ app.add_typer(sessions.app, name="sessions")
 app.command("loadtest")(loadtest.loadtest)
 app.command("smoke")(loadtest.smoke)
 app.command("sim")(sim.sim)
+app.command("proxy-config")(proxy.proxy_config)
 
 
 def main() -> None:
