@@ -23,11 +23,12 @@ from agent.metrics import AppMetrics
 from agent.queue import EVENTS, QueueMonitor, apply_queue, event_options
 from agent.sessions import Session, SessionManager
 from agent.settings import LoadedSettings
+from agent.streaming import ReplyStream, UpdatePacer
+from agent.uploads import attach_upload
 
 log = logging.getLogger("cmw.app")
 
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's latest message."
-TEXT_SUFFIXES = {".txt", ".md", ".csv", ".json", ".py", ".log", ".yaml", ".yml", ".toml", ".xml", ".html", ".rst"}
 
 
 def percentiles(values: list[float] | deque[float], qs: tuple[float, ...] = (0.5, 0.95)) -> dict[str, float | None]:
@@ -57,9 +58,12 @@ class AppContext:
     draining: bool = False  # set on SIGINT/SIGTERM: new chats are refused, running ones finish
     browser_secret: str | None = None  # stable across restarts so a reload can find its conversation
     metrics: AppMetrics = field(init=False, repr=False)  # this app's own Prometheus registry
+    pacer: UpdatePacer = field(init=False, repr=False)  # shares the UI update budget among streaming replies
 
     def __post_init__(self) -> None:
         self.metrics = AppMetrics(self)
+        stream = self.loaded.settings.stream
+        self.pacer = UpdatePacer(stream.coalesce_ms / 1000, stream.max_updates_per_s)
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
@@ -86,7 +90,6 @@ def _llm_messages(session: Session) -> list[dict[str, str]]:
 def build_app(ctx: AppContext) -> gr.Blocks:
     """Build the Blocks with every limit applied from settings."""
     settings = ctx.settings
-    interval = settings.stream.coalesce_ms / 1000
 
     async def chat(message: str, request: gr.Request):  # type: ignore[no-untyped-def]
         session = ctx.session(request)
@@ -100,45 +103,34 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             messages = _llm_messages(session)
             session.log.append((time.time(), f"chat: turn {session.turns + 1} started ({session.provider})"))
             yield list(session.history), ""
-            started = time.monotonic()
-            ttft: float | None = None
-            reply, tokens, error = "", 0, None
-            last_yield = started
+            stream = ReplyStream(ctx.providers.stream(session.provider, session.model, messages), ctx.pacer)
+            error = None
             ctx.in_flight += 1
             try:
-                async for delta in ctx.providers.stream(session.provider, session.model, messages):
-                    if delta.text:
-                        if ttft is None:
-                            ttft = time.monotonic() - started
-                        reply += delta.text
-                    if delta.completion_tokens is not None:
-                        tokens = delta.completion_tokens
-                    # Measured from the end of the last update: a slow update widens the gap instead
-                    # of turning every token into an update (the collapse seen under overload).
-                    if time.monotonic() - last_yield >= interval:
-                        yield [*session.history, {"role": "assistant", "content": reply}], ""
-                        last_yield = time.monotonic()
+                async for reply in stream.updates():
+                    yield [*session.history, {"role": "assistant", "content": reply}], ""
+                reply = stream.text
             except LLMError as exc:
                 error = exc.kind
-                reply = (reply + "\n\n" if reply else "") + f"⚠️ {exc.message}"
+                reply = (stream.text + "\n\n" if stream.text else "") + f"⚠️ {exc.message}"
             except asyncio.CancelledError:
-                _finish(ctx, session, reply + (" " if reply else "") + "[stopped]", tokens, started, ttft, "stopped")
+                _finish(ctx, session, stream.text + (" " if stream.text else "") + "[stopped]", stream, "stopped")
                 raise
             except Exception:  # the server and other sessions carry on; the user sees a clear notice
                 log.exception("chat failed in session %s", session.id[:8])
                 error = "app_error"
-                reply = (reply + "\n\n" if reply else "") + "⚠️ Internal error while generating the reply."
+                reply = (stream.text + "\n\n" if stream.text else "") + "⚠️ Internal error while generating the reply."
             finally:
                 ctx.in_flight -= 1
-            _finish(ctx, session, reply, tokens, started, ttft, error)
+            _finish(ctx, session, reply, stream, error)
             yield list(session.history), ""
 
     def attach(files: list[str] | None, request: gr.Request) -> str:
         session = ctx.session(request)
         notes = []
+        limit = ctx.settings.sessions.max_upload_bytes
         for name in files or []:
-            path = Path(name)
-            notes.append(_attach_file(ctx, session, path))
+            notes.append(attach_upload(ctx.sessions, session, Path(name), max_bytes=limit).message)
         return _files_markdown(session, notes)
 
     def set_provider(provider: str, request: gr.Request) -> str:
@@ -231,10 +223,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
-def _finish(
-    ctx: AppContext, session: Session, reply: str, tokens: int, started: float, ttft: float | None, error: str | None
-) -> None:
-    latency = time.monotonic() - started
+def _finish(ctx: AppContext, session: Session, reply: str, stream: ReplyStream, error: str | None) -> None:
+    latency, ttft, tokens = time.monotonic() - stream.started, stream.ttft, stream.tokens
     ctx.sessions.finish_turn(session, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
     ctx.metrics.turn_finished(session.provider, latency, ttft, error)
     if error is None:
@@ -243,27 +233,6 @@ def _finish(
             ctx.ttfts.append(ttft)
     outcome = f"failed ({error})" if error else f"done in {latency:.2f} s, {tokens} tokens"
     session.log.append((time.time(), f"chat: turn {session.turns} {outcome}"))
-
-
-def _attach_file(ctx: AppContext, session: Session, path: Path) -> str:
-    limit = ctx.settings.sessions.max_upload_bytes
-    name = Path(path.name).name[-120:] or "file"
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            return f"⚠️ {name}: {size:,} bytes is over the {limit:,}-byte limit (sessions.max_upload_bytes)."
-        data = path.read_bytes()
-    except OSError:
-        return f"⚠️ {name}: could not be read."
-    if path.suffix.lower() not in TEXT_SUFFIXES | {""} or b"\x00" in data:
-        return f"⚠️ {name}: not a text file; attach text files ({', '.join(sorted(TEXT_SUFFIXES))})."
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"⚠️ {name}: not UTF-8 text."
-    ctx.sessions.attach_file(session, name, text)
-    session.log.append((time.time(), f"file attached: {name} ({len(data):,} bytes)"))
-    return f"✅ {name} attached ({len(data):,} bytes)."
 
 
 def _files_markdown(session: Session, notes: list[str]) -> str:

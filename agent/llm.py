@@ -7,6 +7,7 @@ Every failure becomes an :class:`LLMError` with a class and a message fit for th
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -105,18 +106,77 @@ class Providers:
         return self._models[cache_key]
 
     async def stream(self, provider: str, model: str | None, messages: list[dict[str, str]]) -> AsyncIterator[Delta]:
-        """Stream a reply; raise :class:`LLMError` on any provider failure."""
+        """Stream a reply through the configured path; raise :class:`LLMError` on any provider failure."""
+        chat_model = self.chat_model(provider, model)
+        path = self.settings.stream.client
+        reader = {"raw": self._stream_raw, "openai": self._stream_openai, "langchain": self._stream_langchain}[path]
+        async for delta in reader(provider, chat_model, messages):
+            yield delta
+
+    async def _stream_raw(self, provider: str, chat_model: Any, messages: list[dict[str, str]]) -> AsyncIterator[Delta]:
+        """SSE parsed by hand on the HTTP client ChatOpenAI's openai client holds: same URL, key, timeout.
+
+        Per chunk this costs a fraction of the openai SDK's model objects (bench/llm_client.py), which
+        is what lets one process stream to many users. Retries follow llm.max_retries for failures
+        before the first byte (connection errors, 408/409/429/5xx), as the openai client does.
+        """
+        import httpx2
+        import orjson
+
+        client = chat_model.root_async_client
+        url = f"{str(client.base_url).rstrip('/')}/chat/completions"
+        headers = {"Authorization": f"Bearer {client.api_key}", "Accept": "text/event-stream"}
+        body = orjson.dumps({"model": chat_model.model_name, "messages": messages, "stream": True,
+                             "stream_options": {"include_usage": True}})
+        timeout = self.settings.llm.timeout_s
+        attempts = self.settings.llm.max_retries + 1
+        finished = False
+        for attempt in range(attempts):
+            try:
+                async with client._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as resp:
+                    if resp.status_code >= 400:
+                        detail = (await resp.aread())[:2000]
+                        if _retryable(resp.status_code) and attempt + 1 < attempts:
+                            await asyncio.sleep(_backoff(attempt, resp.headers.get("retry-after")))
+                            continue
+                        raise _status_error(provider, resp.status_code, detail)
+                    buffer = b""
+                    async for raw in resp.aiter_raw():
+                        buffer += raw
+                        *events, buffer = buffer.split(b"\n\n")
+                        for event in events:
+                            delta, done = _parse_event(provider, event)
+                            finished = finished or done
+                            if delta is not None:
+                                yield delta
+                    if buffer.strip():
+                        delta, done = _parse_event(provider, buffer)
+                        finished = finished or done
+                        if delta is not None:
+                            yield delta
+                break
+            except httpx2.TimeoutException:
+                raise LLMError("timeout", f"{provider} did not answer within {timeout:g} s (llm.timeout_s).") from None
+            except httpx2.TransportError as exc:
+                if not finished and attempt + 1 < attempts and isinstance(exc, httpx2.ConnectError):
+                    await asyncio.sleep(_backoff(attempt, None))
+                    continue
+                reason = f"Connection to {provider} failed or broke mid-reply ({_short(exc)})."
+                raise LLMError("disconnect", reason) from None
+        if not finished:
+            raise LLMError("disconnect", f"{provider} closed the stream before the reply was complete.")
+
+    async def _stream_openai(
+        self, provider: str, chat_model: Any, messages: list[dict[str, str]]
+    ) -> AsyncIterator[Delta]:
+        """The openai client ChatOpenAI holds (its retries and timeout)."""
         import httpx
         import openai
 
-        chat_model = self.chat_model(provider, model)
         finished = False
         try:
             stream = await chat_model.async_client.create(
-                model=chat_model.model_name,
-                messages=messages,
-                stream=True,
-                stream_options={"include_usage": True},
+                model=chat_model.model_name, messages=messages, stream=True, stream_options={"include_usage": True}
             )
             async for chunk in stream:
                 delta = Delta()
@@ -143,6 +203,88 @@ class Providers:
             raise LLMError("malformed", f"{provider} sent a malformed reply chunk ({_short(exc)}).") from None
         if not finished:
             raise LLMError("disconnect", f"{provider} closed the stream before the reply was complete.")
+
+    async def _stream_langchain(
+        self, provider: str, chat_model: Any, messages: list[dict[str, str]]
+    ) -> AsyncIterator[Delta]:
+        """langchain's own astream: the most CPU per chunk, kept for comparison."""
+        import openai
+
+        try:
+            async for chunk in chat_model.astream(messages):
+                usage = getattr(chunk, "usage_metadata", None)
+                yield Delta(str(chunk.content or ""), usage.get("output_tokens") if usage else None)
+        except openai.APIStatusError as exc:
+            raise LLMError("http_error", f"{provider} answered HTTP {exc.status_code}: {_short(exc)}") from None
+        except openai.APITimeoutError:
+            raise LLMError("timeout", f"{provider} did not answer in time (llm.timeout_s).") from None
+        except openai.APIConnectionError as exc:
+            raise LLMError("disconnect", f"Connection to {provider} failed ({_short(exc)}).") from None
+        except ValueError as exc:
+            raise LLMError("malformed", f"{provider} sent a malformed reply chunk ({_short(exc)}).") from None
+
+
+def _parse_event(provider: str, event: bytes) -> tuple[Delta | None, bool]:
+    """One SSE event → (delta or None, stream finished?)."""
+    import orjson
+
+    data = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    if not data:
+        return None, False
+    if data == b"[DONE]":
+        return None, True
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise LLMError("malformed", f"{provider} sent a malformed reply chunk (not JSON).") from None
+    if not isinstance(chunk, dict):
+        raise LLMError("malformed", f"{provider} sent a malformed reply chunk (not an object).")
+    if "error" in chunk:
+        err = chunk["error"]
+        message = err.get("message", "") if isinstance(err, dict) else str(err)
+        raise LLMError("http_error", f"{provider} reported an error mid-reply: {' '.join(str(message).split())[:160]}")
+    delta = Delta()
+    finished = False
+    choices = chunk.get("choices") or []
+    if choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        delta.text = (choice.get("delta") or {}).get("content") or ""
+        finished = choice.get("finish_reason") is not None
+    usage = chunk.get("usage")
+    if isinstance(usage, dict) and "completion_tokens" in usage:
+        delta.completion_tokens = int(usage["completion_tokens"])
+    if delta.text or delta.completion_tokens is not None:
+        return delta, finished
+    return None, finished
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    if retry_after:
+        try:
+            return min(float(retry_after), 20.0)
+        except ValueError:
+            pass
+    return min(0.5 * 2**attempt, 8.0)
+
+
+def _status_error(provider: str, status: int, body: bytes) -> LLMError:
+    import orjson
+
+    message = ""
+    try:
+        parsed = orjson.loads(body)
+        err = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+        message = str(err.get("message", "")) if isinstance(err, dict) else str(err)
+    except orjson.JSONDecodeError:
+        message = body.decode("utf-8", "replace")
+    message = " ".join(message.split())[:160]
+    if status == 401:
+        return LLMError("auth", f"{provider} refused the API key (HTTP 401): check it and restart.")
+    return LLMError("http_error", f"{provider} answered HTTP {status}: {message}")
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:

@@ -97,6 +97,14 @@ class StreamSettings(_Group):
         100.0, "Minimum milliseconds between streamed UI updates of one reply (0 = one update per token).",
         ge=0, le=10_000,
     )
+    max_updates_per_s: float = _key(
+        250.0, "Budget of streamed UI updates per second across all replies; under load each reply updates "
+        "less often instead of saturating the server.", gt=0, le=100_000,
+    )
+    client: Literal["raw", "openai", "langchain"] = _key(
+        "raw", "How replies are read from the provider: raw SSE on the HTTP client ChatOpenAI holds (cheapest), "
+        "its openai client, or langchain astream.",
+    )
 
 
 class SessionSettings(_Group):

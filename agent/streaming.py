@@ -1,0 +1,95 @@
+"""Streaming replies to the UI at a cost that stays flat under load.
+
+Each Gradio update of a streamed reply costs the server about a millisecond (diff, postprocess,
+SSE write), so one update per token saturates a process at a few dozen replies. Here the LLM
+stream is read by its own task, independently of how fast Gradio pulls updates, and the reply is
+pushed to the UI at most every ``interval``: the first token at once (time to first token stays
+the provider's), then at ``stream.coalesce_ms`` — widened under load so that all replies together
+stay within ``stream.max_updates_per_s``. The interval is measured from the end of the previous
+update, so a slow update widens the next gap instead of turning every token into an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+
+class UpdatePacer:
+    """The server-wide budget of UI updates, shared by the replies streaming right now."""
+
+    def __init__(self, min_interval_s: float, max_updates_per_s: float):
+        self.min_interval_s = min_interval_s
+        self.max_updates_per_s = max_updates_per_s
+        self.active = 0
+
+    def interval(self) -> float:
+        return max(self.min_interval_s, self.active / self.max_updates_per_s)
+
+
+class ReplyStream:
+    """Reads an LLM delta stream in a task; ``updates()`` yields the reply text at the paced rate."""
+
+    def __init__(self, deltas: AsyncIterator[Any], pacer: UpdatePacer):
+        self._deltas = deltas
+        self._pacer = pacer
+        self._parts: list[str] = []
+        self._wake = asyncio.Event()
+        self._done = False
+        self._error: BaseException | None = None
+        self.started = time.monotonic()
+        self.ttft: float | None = None
+        self.tokens = 0
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    async def _pump(self) -> None:
+        try:
+            async for delta in self._deltas:
+                if delta.text:
+                    if self.ttft is None:
+                        self.ttft = time.monotonic() - self.started
+                    self._parts.append(delta.text)
+                    self._wake.set()
+                if delta.completion_tokens is not None:
+                    self.tokens = delta.completion_tokens
+        except Exception as exc:  # re-raised to the consumer in updates()
+            self._error = exc
+        finally:
+            self._done = True
+            self._wake.set()
+
+    async def updates(self) -> AsyncIterator[str]:
+        """Yield the reply so far, paced; raise what the LLM stream raised once everything is out."""
+        pump = asyncio.create_task(self._pump())
+        self._pacer.active += 1
+        try:
+            last: float | None = None
+            while not self._done:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._done:
+                    break
+                if last is not None:
+                    delay = self._pacer.interval() - (time.monotonic() - last)
+                    if delay > 0:
+                        await asyncio.sleep(delay)  # pacing: tokens keep arriving meanwhile
+                    if self._done:
+                        break
+                yield self.text
+                last = time.monotonic()
+        finally:
+            self._pacer.active -= 1
+            if not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+        if self._error is not None:
+            raise self._error
