@@ -88,7 +88,7 @@ def admin_router(ctx: "AppContext", state_dir: Path) -> Any:
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
-        """Whether the server takes work, and what it runs."""
+        """Whether the server takes work, what it runs, and its turns (failures by error class)."""
         settings = ctx.settings
         return {
             "status": "draining" if ctx.draining else "ok",
@@ -98,6 +98,7 @@ def admin_router(ctx: "AppContext", state_dir: Path) -> Any:
             "provider": settings.llm.provider,
             "model": ctx.sessions.default_model,
             "sessions": ctx.sessions.counts(),
+            "turns": ctx.metrics.turn_figures(),
         }
 
     @router.get("/sessions")

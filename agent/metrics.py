@@ -14,6 +14,7 @@ the Gradio UI itself.
 No ``from __future__ import annotations``: FastAPI resolves the route's annotations at runtime.
 """
 
+from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -55,18 +56,34 @@ class AppMetrics:
             self.turns_started.labels(provider)
             self.turns_completed.labels(provider)
         self.registry.register(LiveCollector(ctx))
+        # The same turn counts summed over providers, for the admin API (reading a Counter's value is private).
+        self.tally: Tally[str] = Tally()
+        self.failed_by_class: Tally[str] = Tally()
 
     def turn_started(self, provider: str) -> None:
         self.turns_started.labels(provider).inc()
+        self.tally["started"] += 1
 
     def turn_finished(self, provider: str, latency: float, ttft: float | None, error: str | None) -> None:
         if error is None:
             self.turns_completed.labels(provider).inc()
             self.latency.labels(provider).observe(latency)
+            self.tally["completed"] += 1
         else:
             self.turns_failed.labels(provider, error).inc()
+            self.tally["failed"] += 1
+            self.failed_by_class[error] += 1
         if ttft is not None:
             self.ttft.labels(provider).observe(ttft)
+
+    def turn_figures(self) -> dict[str, Any]:
+        """Turns started, completed and failed (with the failures by error class) since the server started."""
+        return {
+            "started": self.tally["started"],
+            "completed": self.tally["completed"],
+            "failed": self.tally["failed"],
+            "failed_by_class": dict(sorted(self.failed_by_class.items())),
+        }
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this app's registry."""
