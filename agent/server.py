@@ -87,9 +87,9 @@ def _simulator(loaded: LoadedSettings) -> Iterator[str | None]:
     if not wanted:
         yield None
         return
-    from agent.simulator import running_simulator
+    from agent.simulator import simulator_process
 
-    with running_simulator(settings.sim) as sim:
+    with simulator_process(settings.sim) as sim:
         yield sim.base_url
 
 
@@ -166,6 +166,10 @@ def serve(loaded: LoadedSettings, *, console: Any = None) -> int:
 
     console = console or Console(stderr=True)
     settings = loaded.settings
+    if settings.server.workers > 1:  # N processes behind HAProxy (agent/workers.py); 1 stays this process
+        from agent.workers import supervise
+
+        return supervise(loaded, console=console)
     try:
         state_dir = resolve_state_dir(settings)
         sock = bind_socket(settings.server.host, settings.server.port)

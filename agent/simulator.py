@@ -692,3 +692,63 @@ def serve(settings: SimSettings | Settings | None = None, *, host: str | None = 
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(main())
+
+
+@dataclass
+class SimulatorProcess:
+    """A simulator running in a child process: its URL and the process, for ``cmw serve``."""
+
+    base_url: str
+    pid: int
+
+
+def _child_main(sim_settings: dict[str, Any], conn: Any) -> None:
+    """Child process: serve until the parent says stop or goes away (its end of the pipe closes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the parent's to handle
+    sim = Simulator(SimSettings(**sim_settings))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await sim.start()
+        except OSError as exc:
+            conn.send(("error", str(exc)))
+            return
+        conn.send(("ready", sim.base_url))
+        loop.add_reader(conn.fileno(), stop.set)  # readable = a message or EOF: either way, stop
+        await stop.wait()
+        await sim.stop()
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+@contextlib.contextmanager
+def simulator_process(settings: SimSettings, start_timeout: float = 30.0) -> Iterator[SimulatorProcess]:
+    """Run the simulator in its own process for the duration of the block.
+
+    ``cmw serve`` uses this rather than a thread: the simulator's timers and writes then never take
+    the GIL from the app's event loop. The child exits on its own if this process dies (kill -9).
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    proc = ctx.Process(target=_child_main, args=(settings.model_dump(), child_end), name="cmw-sim", daemon=True)
+    proc.start()
+    child_end.close()
+    try:
+        if not parent_end.poll(start_timeout):
+            raise OSError(f"the simulator did not start within {start_timeout:g} s")
+        kind, value = parent_end.recv()
+        if kind != "ready":
+            raise OSError(f"the simulator could not start: {value}")
+        yield SimulatorProcess(value, proc.pid or 0)
+    finally:
+        parent_end.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
