@@ -20,6 +20,10 @@ def serve(
         typer.Option("--llm", help="Provider (sim, openai, openrouter) or an OpenAI-compatible base URL."),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Default model [default: the provider's].")] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(help="App processes behind HAProxy, or 'auto' (one per core) [default: server.workers, 1]."),
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Serve the agent app with the queue and concurrency limits of a profile.
@@ -30,6 +34,7 @@ def serve(
         cmw serve -p high-performance --port 8080
         cmw serve --llm http://127.0.0.1:8000/v1 --model qwen2.5
         cmw serve --set events.chat_concurrency_limit=8
+        cmw serve --workers 2 --set sessions.store=redis://127.0.0.1:6379/0
     """
     flags: dict[str, Any] = {}
     if host is not None:
@@ -46,6 +51,8 @@ def serve(
             fail(f"--llm {llm!r}: expected one of {', '.join(PROVIDERS)} or an http(s):// base URL")
     if model is not None:
         flags["llm.model"] = (model, "--model")
+    if workers is not None:
+        flags["server.workers"] = (_workers(workers), "--workers")
     loaded = load_or_exit(profile, set_, flags, show_warnings=False)
     settings = loaded.settings
     if settings.llm.provider == "custom" and "custom" not in settings.llm.providers:
@@ -57,3 +64,16 @@ def serve(
     if code:
         raise typer.Exit(code)
     raise typer.Exit(int(Exit.OK))
+
+
+def _workers(value: str) -> int:
+    """``auto`` is one worker per core (at most 64, the setting's bound)."""
+    if value == "auto":
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(64, cores))
+    try:
+        return int(value)
+    except ValueError:
+        fail(f"--workers {value!r}: expected a number of processes (1–64) or 'auto'")
