@@ -232,6 +232,9 @@ def read_outputs(endpoint: Endpoint, outputs: list[Any]) -> tuple[str, list[dict
 # --------------------------------------------------------------------------- one turn
 
 
+ERROR_MARK = "⚠️"  # how cmw's chat ends a turn the LLM failed: a last paragraph opening with it
+
+
 @dataclass
 class TurnResult:
     """What one request did, with perf_counter timestamps (the engine makes them relative)."""
@@ -300,6 +303,10 @@ async def run_turn(
         # A malformed event or an edit that does not fit what we hold: the app's stream is broken, not the run.
         await conn.close()
         result.error, result.detail = APP_ERROR, f"unreadable event stream: {type(exc).__name__}: {exc}"[:300]
+    last_paragraph = result.reply.rstrip().rpartition("\n")[2].lstrip()
+    if result.error is None and last_paragraph.startswith(ERROR_MARK):
+        # cmw writes a failed turn into the chat (the user's message stays), so the event itself succeeds.
+        result.error, result.detail = APP_ERROR, last_paragraph[:300]
     if result.t_end is None:
         result.t_end = time.perf_counter()
     return result
