@@ -16,9 +16,13 @@ the join that names the file may reach any worker. Across hosts the folder must 
 (NFS…) mounted at the same path, which :func:`haproxy_config`'s header says.
 
 HAProxy is used, not nginx, because it reads a field of a JSON request body (``json_query``) without
-scripting. ``hash-type map-based`` spreads sessions evenly over a fixed set (the local supervisor, which
-restarts a dead worker on the same port); ``consistent`` (for ``cmw proxy-config``, with health checks)
-moves only a failed host's sessions, and they continue from the shared Redis store.
+scripting. Two ways to map a session key to a worker:
+
+- ``least-loaded`` (the local supervisor): a new session goes to the worker with the fewest open
+  connections and a stick table keeps it there. Hashing 64 sessions onto 2 workers splits them about
+  38/26 as often as not; this keeps the split even. The table lives in the one HAProxy process.
+- ``consistent`` hashing (``cmw proxy-config``, with health checks): several proxies agree without
+  sharing a table, and a failed host moves only its own sessions, which continue from the shared Redis.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def haproxy_config(
     *,
     bind_host: str = "0.0.0.0",
     bind_port: int = 80,
-    hash_type: Literal["map-based", "consistent"] = "consistent",
+    balance: Literal["least-loaded", "map-based", "consistent"] = "consistent",
     health_checks: bool = True,
     pidfile: Path | None = None,
     maxconn: int = 20_000,
@@ -120,8 +124,21 @@ def haproxy_config(
         "    http-request set-var(txn.cmw_key) req.body,json_query('$.session_hash') if METH_POST "
         "{ path_reg /gradio_api/(queue/join|cancel|component_server)/?$ } "
         "{ req.body,json_query('$.session_hash') -m found }",
-        "    balance hash var(txn.cmw_key)",
-        f"    hash-type {hash_type}",
+    ]
+    if balance == "least-loaded":
+        lines += [
+            "    # A session's first request goes to the worker with the fewest open connections; the table",
+            "    # then keeps it there (entries outlive any session's idle time).",
+            "    balance leastconn",
+            "    stick-table type string len 128 size 1m expire 7d",
+            "    stick on var(txn.cmw_key)",
+        ]
+    else:
+        lines += [
+            "    balance hash var(txn.cmw_key)",
+            f"    hash-type {balance}",
+        ]
+    lines += [
         "    default-server init-addr libc,none",  # an unresolvable host starts down instead of failing the start
     ]
     check = " check inter 2s fall 2 rise 1" if health_checks else ""

@@ -132,7 +132,7 @@ def supervise(loaded: LoadedSettings, *, console: Any) -> int:
             return 0
         config_path.write_text(haproxy_config(
             [Upstream("127.0.0.1", w.port) for w in workers], bind_host=public_host, bind_port=public_port,
-            hash_type="map-based", health_checks=False, maxconn=local_maxconn(),
+            balance="least-loaded", health_checks=False, maxconn=local_maxconn(),
         ))
         proxy = _start_proxy(haproxy, config_path, public_host, public_port)
         url = f"http://{_display(public_host)}:{public_port}{settings.server.root_path}"

@@ -36,7 +36,7 @@ def proxy_config(
 
     try:
         upstreams = [parse_upstream(url) for url in upstream]
-        text = haproxy_config(upstreams, bind_host=bind, bind_port=port, hash_type="consistent", health_checks=True)
+        text = haproxy_config(upstreams, bind_host=bind, bind_port=port, balance="consistent", health_checks=True)
     except ProxyError as exc:
         fail(str(exc))
     if len(set(upstreams)) != len(upstreams):

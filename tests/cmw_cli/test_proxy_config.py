@@ -151,14 +151,14 @@ def running_haproxy(config: str, port: int, workdir: Path) -> Iterator[str]:
 
 
 @needs_haproxy
-@pytest.mark.parametrize("hash_type", ["map-based", "consistent"])
-def test_every_route_of_a_session_reaches_one_backend(tmp_path: Path, hash_type: str) -> None:
+@pytest.mark.parametrize("balance", ["least-loaded", "map-based", "consistent"])
+def test_every_route_of_a_session_reaches_one_backend(tmp_path: Path, balance: str) -> None:
     with echo_backend("a") as port_a, echo_backend("b") as port_b:
         port = _free_port()
         config = haproxy_config(
             [parse_upstream(f"http://127.0.0.1:{port_a}"), parse_upstream(f"http://127.0.0.1:{port_b}")],
-            bind_host="127.0.0.1", bind_port=port, hash_type=hash_type,  # type: ignore[arg-type]
-            health_checks=hash_type == "consistent", maxconn=local_maxconn(),
+            bind_host="127.0.0.1", bind_port=port, balance=balance,  # type: ignore[arg-type]
+            health_checks=balance == "consistent", maxconn=local_maxconn(),
         )
         with running_haproxy(config, port, tmp_path) as url, httpx.Client(base_url=url, timeout=10) as http:
             owners: list[str] = []
