@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,16 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(VENV)/bin/cmw serve $(ARGS)
 
-test: $(STAMP)
+# `cmw serve --workers N` runs HAProxy and its tests a redis-server: Debian packages, installed when missing
+# (as root, e.g. CI); without them those tests skip and say why.
+system-deps:
+	@if ! command -v haproxy >/dev/null || ! command -v redis-server >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy redis-server; \
+	  else echo "note: haproxy/redis-server missing (apt-get install haproxy redis-server); their tests skip"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check agent cmw_cli tests bench
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
