@@ -18,9 +18,11 @@ the join that names the file may reach any worker. Across hosts the folder must 
 HAProxy is used, not nginx, because it reads a field of a JSON request body (``json_query``) without
 scripting. Two ways to map a session key to a worker:
 
-- ``least-loaded`` (the local supervisor): a new session goes to the worker with the fewest open
-  connections and a stick table keeps it there. Hashing 64 sessions onto 2 workers splits them about
-  38/26 as often as not; this keeps the split even. The table lives in the one HAProxy process.
+- ``least-loaded`` (the local supervisor): a new session's first join goes to the worker with the fewest
+  open connections and a stick table keeps the session there. Hashing 64 sessions onto 2 workers splits
+  them about 38/26 as often as not; this keeps the split even. The table lives in the one HAProxy
+  process: if HAProxy itself dies (the supervisor restarts it), sessions are assigned afresh on their
+  next join and continue from the store.
 - ``consistent`` hashing (``cmw proxy-config``, with health checks): several proxies agree without
   sharing a table, and a failed host moves only its own sessions, which continue from the shared Redis.
 """
@@ -127,11 +129,14 @@ def haproxy_config(
     ]
     if balance == "least-loaded":
         lines += [
-            "    # A session's first request goes to the worker with the fewest open connections; the table",
-            "    # then keeps it there (entries outlive any session's idle time).",
+            "    # A session's first join goes to the worker with the fewest open connections and the table",
+            "    # records it; every later request of the session (stream, heartbeat, joins) follows the record.",
+            "    # Only joins record: a client opens the event stream after its join has answered, so the record",
+            "    # is always there in time, while a heartbeat racing the first join never decides the worker.",
             "    balance leastconn",
             "    stick-table type string len 128 size 1m expire 7d",
-            "    stick on var(txn.cmw_key)",
+            "    stick match var(txn.cmw_key)",
+            "    stick store-request var(txn.cmw_key) if METH_POST { path_reg /gradio_api/queue/join/?$ }",
         ]
     else:
         lines += [

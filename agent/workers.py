@@ -178,7 +178,8 @@ def _start_worker(worker: Worker, plan_path: Path) -> None:
     fd = worker.sock.fileno()
     cmd = [sys.executable, "-m", "agent.workers", "--plan", str(plan_path), "--index", str(worker.index),
            "--fd", str(fd)]
-    worker.proc = subprocess.Popen(cmd, pass_fds=(fd,), preexec_fn=_die_with_parent)  # noqa: PLW1509
+    # Own session: a terminal's Ctrl-C reaches only the supervisor, which drains each worker once.
+    worker.proc = subprocess.Popen(cmd, pass_fds=(fd,), start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def _die_with_parent() -> None:
@@ -219,8 +220,8 @@ def _wait_ready(workers: list[Worker], stop: _StopFlag) -> str | None:
 def _start_proxy(haproxy: str, config: Path, host: str, port: int) -> subprocess.Popen[bytes]:
     from agent.proxy import ProxyError
 
-    proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdin=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_die_with_parent)  # stays up while workers drain
     deadline = time.monotonic() + 20
     target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     while True:

@@ -69,7 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         pytest.skip("needs haproxy and redis-server (apt-get install haproxy redis-server; .ci/run does)")
     tmp = tmp_path_factory.mktemp("workers")
     with running_redis(tmp / "redis") as redis_url, cmw_server(
-        tmp, f"sessions.store={redis_url}", "sim.reply_tokens=20", "sim.tokens_per_second=20", "sim.ttft_ms=50",
+        tmp, f"sessions.store={redis_url}", "sim.reply_tokens=10", "sim.tokens_per_second=25", "sim.ttft_ms=50",
         "server.shutdown_grace_s=2", extra_args=("--workers", "2"),
     ) as server:
         yield server
@@ -158,7 +158,7 @@ def test_concurrent_sessions_are_isolated_and_spread_over_both_workers(stack: Ru
 def test_gradio_client_sessions_are_sticky(stack: RunningServer) -> None:
     from gradio_client import Client
 
-    for _ in range(3):
+    for _ in range(2):
         client = Client(stack.url, verbose=False)
         try:
             for n in range(2):
@@ -255,3 +255,14 @@ def test_kill_9_of_a_worker_mid_turn_restarts_it_and_loses_no_completed_turn(sta
         texts = user_texts(history)
         assert _subsequence(chat.completed, texts), f"{chat.session} lost a completed turn: {texts}"
         assert _subsequence(texts, chat.sent)
+
+
+@needs_stack
+def test_sigterm_stops_every_process(stack: RunningServer) -> None:
+    """Last: the supervisor drains the workers, stops HAProxy and exits 0, leaving no process behind."""
+    children = psutil.Process(stack.proc.pid).children(recursive=True)
+    assert {"haproxy"} <= {c.name() for c in children}
+    assert stack.stop() == 0
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"left running: {alive}"
+    assert "cmw stopped" in stack.log()
