@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean system-deps
+.PHONY: serve test lint bench clean system-deps browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,18 @@ system-deps:
 	  else echo "note: haproxy/redis-server missing (apt-get install haproxy redis-server); their tests skip"; fi; \
 	fi
 
-test: $(STAMP) system-deps
+# tests/browser drive Debian's chromium (never `playwright install`): installed when missing (as root with
+# apt-get); elsewhere those tests skip and say why. Under CI (CI set) a browser that cannot be installed fails.
+CHROMIUM := /usr/bin/chromium
+browser-deps:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	  elif [ -n "$$CI" ]; then echo "error: CI needs $(CHROMIUM) and apt-get (as root) to install it"; exit 1; \
+	  else echo "note: $(CHROMIUM) missing (apt-get install chromium); the browser tests skip"; fi; \
+	fi
+
+test: $(STAMP) system-deps browser-deps
 	$(VENV)/bin/ruff check agent cmw_cli tests bench
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
