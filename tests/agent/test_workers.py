@@ -175,10 +175,14 @@ def test_uploads_reach_a_worker_that_can_read_them(stack: RunningServer, tmp_pat
     config = httpx.get(f"{stack.url}/config", timeout=10).json()
     dep = next(d for d in config["dependencies"] if any(
         config_component(config, t[0]).get("type") == "file" for t in d.get("targets", []) if t[1] == "upload"))
+    ports = [w["port"] for w in admin(stack, "queue")["workers"]]
+    crossed = 0
     for i in range(6):
         session = uuid.uuid4().hex[:11]
-        uploaded = httpx.post(f"{stack.url}/gradio_api/upload", files={"files": (f"notes{i}.txt", b"hello file")},
-                              timeout=10)
+        # Straight to one worker, as the proxy may send an upload; the join then goes where the session lives.
+        upload_port = ports[i % 2]
+        uploaded = httpx.post(f"http://127.0.0.1:{upload_port}/gradio_api/upload",
+                              files={"files": (f"notes{i}.txt", b"hello file")}, timeout=10)
         assert uploaded.status_code == 200, uploaded.text
         path = uploaded.json()[0]
         body = {"data": [[{"path": path, "orig_name": f"notes{i}.txt", "meta": {"_type": "gradio.FileData"}}]],
@@ -192,6 +196,10 @@ def test_uploads_reach_a_worker_that_can_read_them(stack: RunningServer, tmp_pat
                     assert json.loads(line[5:])["success"], line
                     break
         assert admin(stack, f"sessions/{session}")["files"] == {f"notes{i}.txt": "hello file"}
+        local = httpx.get(f"http://127.0.0.1:{upload_port}/admin/api/sessions", timeout=10,
+                          headers={"Authorization": f"Bearer {token(stack)}", "x-cmw-local": "1"}).json()
+        crossed += session not in {s["id"] for s in local}
+    assert crossed, "no upload was read by the other worker"
 
 
 def config_component(config: dict[str, Any], component_id: int) -> dict[str, Any]:
