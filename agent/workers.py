@@ -97,6 +97,10 @@ def supervise(loaded: LoadedSettings, *, console: Any) -> int:
         # Made once here, so workers starting together do not each write a different one.
         admin_token(settings, state_dir)
         browser_secret(state_dir)
+        if settings.sessions.store.startswith(("redis://", "rediss://")):  # one clear line, not one per worker
+            from agent.store import RedisStore
+
+            RedisStore(settings.sessions.store).close()
         public = bind_socket(settings.server.host, settings.server.port)  # is the public port free?
     except (ProxyError, StartupError, StoreError, OSError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -54,6 +54,16 @@ def test_missing_haproxy_exits_4_naming_the_package(
     assert "Traceback" not in result.output
 
 
+@pytest.mark.skipif(not HAVE_HAPROXY, reason="haproxy is not installed (apt-get install haproxy)")
+def test_unreachable_redis_is_one_line_and_exit_4(settings_env: Path) -> None:
+    from tests.agent.test_store_redis import _free_port
+
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    result = runner.invoke(app, ["serve", "--workers", "2", "--port", "0", "--set", f"sessions.store={url}"])
+    assert result.exit_code == 4
+    assert "cannot connect" in result.output and "Traceback" not in result.output
+
+
 def test_workers_flag_rejects_words(settings_env: Path) -> None:
     result = runner.invoke(app, ["serve", "--workers", "many"])
     assert result.exit_code == 2
