@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from gradio_client import Client
 
 from agent.loadtest.connection import Connection, Origin
 from agent.loadtest.protocol import TurnResult, discover, run_turn
@@ -29,6 +30,7 @@ from playwright.sync_api import Page, expect  # noqa: E402
 REPLY_TOKENS = 30  # at 15 tokens/s: ~2 s of streaming, so the two chats overlap
 MAX_SIZE = 4
 CHAT_LIMIT = 3  # balanced
+STALL_S = 6  # a stalled reply holds its chat slot this long, so a full queue stays full while the browser joins
 WAIT_MS = 30_000
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,6 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         tmp_path_factory.mktemp("browser"),
         f"queue.max_size={MAX_SIZE}",
         "sim.ttft_ms=300", "sim.tokens_per_second=15", f"sim.reply_tokens={REPLY_TOKENS}", "sim.jitter=0",
+        f"sim.stall_s={STALL_S}", "llm.max_retries=0",
     ) as running:
         yield running
 
@@ -173,13 +176,15 @@ def test_a_full_queue_shows_a_clear_busy_message_and_keeps_the_text(
     browser: Any, server: RunningServer, artifacts: Path
 ) -> None:
     user = open_app(browser, server, "busy")
-    running, waiting = Burst(server.url, "run", CHAT_LIMIT), Burst(server.url, "wait", MAX_SIZE)
-    bursts = (running, waiting)
+    holders = [Client(server.url, verbose=False) for _ in range(CHAT_LIMIT)]
+    for holder in holders:
+        holder.predict("cmw-sim@stall", api_name="/set_model")
+    held = [holder.submit("hold a chat slot", api_name="/chat") for holder in holders]
+    waiting = Burst(server.url, "wait", MAX_SIZE)
     try:
-        running.start()
-        wait_for_queue(server, lambda queue: queue["in_flight"] >= CHAT_LIMIT)  # every chat slot streams a reply
+        wait_for_queue(server, lambda queue: queue["in_flight"] >= CHAT_LIMIT)  # every chat slot is held
         waiting.start()
-        wait_for_queue(server, lambda queue: queue["waiting_total"] >= MAX_SIZE)  # full until those replies end
+        wait_for_queue(server, lambda queue: queue["waiting_total"] >= MAX_SIZE)  # full for ~STALL_S seconds
         message_box(user.page).fill("are you there?")
         user.page.get_by_role("button", name="Send", exact=True).click()
         # Gradio 6 answers a refused join with an error toast of its own wording.
@@ -188,11 +193,12 @@ def test_a_full_queue_shows_a_clear_busy_message_and_keeps_the_text(
         expect(message_box(user.page)).to_have_value("are you there?")  # nothing the user typed is lost
         user.page.screenshot(path=str(artifacts / "browser-busy.png"), animations="disabled")
     finally:
-        for burst in bursts:
-            if burst.is_alive():
-                burst.join(60)
+        for job in held:
+            job.result(timeout=60)
+        if waiting.is_alive():
+            waiting.join(60)
         user.page.context.close()
-    assert all(result.ok for result in running.results + waiting.results)  # the queued users were all served
+    assert waiting.results and all(result.ok for result in waiting.results)  # the queued users were all served
 
 
 class Burst(threading.Thread):
