@@ -32,7 +32,7 @@ def _unavailable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed with its module, so no Playwright loop outlives the browser tests
 def browser() -> Iterator[Any]:
     reason = _unavailable()
     if reason is not None:
