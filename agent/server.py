@@ -141,6 +141,9 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
         footer_links=["api", "settings"],
         run_history=False,
     )
+    # launch() sets this; mounted apps never do, and without it Gradio skips its check that a file
+    # reference names a file a user uploaded — any server path could be copied into the cache.
+    demo.has_launched = True
     app.add_middleware(DrainMiddleware, ctx=ctx)
     ctx.startup_log.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} cmw {_version()} started")
     ctx.startup_log.append(f"profile {loaded.profile_name}; provider {settings.llm.provider}")

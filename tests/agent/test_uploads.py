@@ -226,11 +226,6 @@ def test_traversal_and_very_long_upload_names_are_stored_as_plain_names(server: 
     assert not Path("/tmp/escape.txt").exists() or Path("/tmp/escape.txt").read_bytes() != b"escape"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs `demo.has_launched = True` after gr.mount_gradio_app in agent/server.py: a mounted app never "
-    "sets it, and Gradio then skips its 'only uploaded files' check and copies any server path into its cache",
-)
 @pytest.mark.parametrize("name", ["secret.txt", "admin.token"])
 def test_attach_cannot_read_a_server_file_outside_the_upload_cache(server: RunningServer, name: str) -> None:
     secret = server.state_dir / name
