@@ -216,6 +216,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         demo.load(restore, [browser_id], [chatbot, provider, model, browser_id, files_info], api_visibility="private")
         demo.unload(unload)
 
+    # Gradio keeps a SessionState (a copy of every block's config, ~30 KB) per session hash until an LRU of
+    # state_session_capacity (10,000) evicts it: 300 MB once 10,000 sessions have come and gone. This app keeps
+    # no gr.State and returns no component updates, so only sessions with an event running need one.
+    demo.state_session_capacity = max(100, settings.server.max_threads)
     apply_queue(demo, settings)
     ctx.monitor = QueueMonitor(
         demo, dict(zip(EVENTS, (chat_event, upload, stats_event, logs_event), strict=True))
