@@ -60,14 +60,19 @@ class QueueMonitor:
 
     def figures(self) -> list[EventFigures]:
         queue = getattr(self.demo, "_queue", None)
-        per_id = getattr(queue, "event_queue_per_concurrency_id", {}) if queue else {}
+        # `is not None`: Gradio's Queue has a __len__, so an idle queue is falsy.
+        per_id = getattr(queue, "event_queue_per_concurrency_id", {}) if queue is not None else {}
         out: list[EventFigures] = []
         for event, dep in self.dependencies.items():
             fn = self.demo.fns[dep["id"]]  # a gradio Dependency is its config dict
             event_queue = per_id.get(fn.concurrency_id)
-            waiting = sum(1 for e in event_queue.queue if e.fn is fn) if event_queue else 0
-            running = event_queue.current_concurrency if event_queue else 0
-            limit = event_queue.concurrency_limit if event_queue else fn.concurrency_limit
+            if event_queue is None:  # created by Gradio on the event's first join
+                out.append(EventFigures(event, 0, 0, fn.concurrency_limit if isinstance(fn.concurrency_limit, int)
+                                        else None))
+                continue
+            waiting = sum(1 for e in event_queue.queue if e.fn is fn)
+            running = event_queue.current_concurrency
+            limit = event_queue.concurrency_limit
             out.append(EventFigures(event, waiting, running, limit if isinstance(limit, int) else None))
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,20 @@ def test_chats_in_flight_reach_but_never_exceed_the_chat_limit(server: RunningSe
             list(pool.map(lambda pair: chat(pair[1], f"burst {pair[0]}"), enumerate(users)))
 
     assert peak_after(sim, burst) == 3  # balanced: events.chat_concurrency_limit = 3
+
+
+def test_stats_count_running_chats_against_their_limit(server: RunningServer) -> None:
+    users = [client(server) for _ in range(3)]
+    for user in users:
+        user.predict("custom", api_name="/set_provider")  # the test's simulator: ~0.5 s replies
+    watcher = client(server)
+    jobs = [user.submit(f"running {i}", api_name="/chat") for i, user in enumerate(users)]
+    seen, deadline = 0, time.monotonic() + 30
+    while seen < 3 and time.monotonic() < deadline and not all(job.done() for job in jobs):
+        seen = max(seen, watcher.predict(api_name="/stats")["server"]["events"]["chat"]["running"])
+    for job in jobs:
+        job.result(timeout=30)
+    assert seen == 3
 
 
 def test_provider_is_chosen_per_session(server: RunningServer, sim: Simulator) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings import ConfigError, Settings
+from agent.settings import Settings
 from agent.store import MemoryStore, SQLiteStore, StoreError, open_store, state_dir
 
 
@@ -192,9 +193,12 @@ def test_open_store_memory() -> None:
     assert isinstance(open_store("memory", Path("/nonexistent")), MemoryStore)
 
 
-def test_open_store_redis_is_a_clear_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="redis:// store is not available yet"):
-        open_store("redis://localhost:6379/0", tmp_path)
+def test_open_store_with_an_unreachable_redis_is_a_clear_store_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here
+    with pytest.raises(StoreError, match="cannot connect"):
+        open_store(f"redis://127.0.0.1:{port}/0", tmp_path)
 
 
 def test_state_dir_setting_wins(tmp_path: Path) -> None:
