@@ -115,10 +115,9 @@ def show(
     Precedence, highest first: --set > environment > .env > profile > defaults. Secrets are masked.
     Warnings about settings that cannot take effect go to stderr.
 
+    \b
     Example usage:
-
         cmw config show -p high-performance
-
         CHAT_CONCURRENCY_LIMIT=7 cmw config show --json
     """
     loaded = load_or_exit(profile, set_)
@@ -165,10 +164,9 @@ def profiles(as_json: JsonOption = False) -> None:
     User profiles ($CMW_PROFILES_DIR, else ~/.config/cmw/profiles) shadow shipped ones of the same name.
     Values are each profile's own: the environment and .env are not applied.
 
+    \b
     Example usage:
-
         cmw config profiles
-
         cmw config profiles --json
     """
     from agent.settings import ConfigError, available_profiles, display_value, load_profile, profile_description
@@ -226,8 +224,8 @@ def validate(
 
     Each profile is judged on its own (defaults + the file), not with this shell's environment.
 
+    \b
     Example usage:
-
         cmw config validate ./mine.toml high-performance
     """
     from agent.settings import ConfigError, available_profiles, load_profile
@@ -271,8 +269,8 @@ def diff(
 ) -> None:
     """Keys whose values differ between two profiles (each on its own, without the environment).
 
+    \b
     Example usage:
-
         cmw config diff balanced high-performance
     """
     from agent.settings import display_value
@@ -336,10 +334,9 @@ def init(
 
     Secrets are never written; keep them in the environment or .env.
 
+    \b
     Example usage:
-
         cmw config init mine --from high-performance
-
         cmw config init ./staging.toml
     """
     from agent.settings import ConfigError, looks_like_path, user_profiles_dir
@@ -405,10 +402,9 @@ def _render(base: LoadedSettings, label: str, origin: str | None, description: s
 def path(as_json: JsonOption = False) -> None:
     """Where cmw looks: profile directories, the .env file, the selected profile, the state directory.
 
+    \b
     Example usage:
-
         cmw config path
-
         cmw config path --json
     """
     from agent.settings import (

@@ -144,12 +144,10 @@ def loadtest(
 
     Exit codes: 0 ok, 1 an SLO was breached, 2 bad usage, 3 session isolation violated, 4 unreachable.
 
+    \b
     Example usage:
-
         cmw loadtest --spawn -p balanced --users 12 --turns 3 --out run.json
-
         cmw loadtest --url http://127.0.0.1:7860 --rate 5 --duration 30 --slo 'ttft.p95<2s' --slo 'errors<1%'
-
         cmw loadtest --compare sequential,balanced,high-performance --users 10 --turns 2
     """
     from agent.loadtest.engine import Workload
@@ -206,8 +204,8 @@ def smoke(
 
     Exit codes: 0 all held, 1 a check failed, 2 bad usage, 3 session isolation violated, 4 the server did not start.
 
+    \b
     Example usage:
-
         cmw smoke -p constrained
     """
     from agent.loadtest.runner import smoke as run_smoke

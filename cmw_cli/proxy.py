@@ -27,8 +27,8 @@ def proxy_config(
     gradio_client and raw-protocol clients alike; a host that fails its health check hands its sessions
     to the others (consistent hashing moves only those).
 
+    \b
     Example usage:
-
         cmw proxy-config -u http://10.0.0.5:7860 -u http://10.0.0.6:7860 > /etc/haproxy/haproxy.cfg
         cmw proxy-config -u http://app1:7860 -u http://app2:7860 --port 8080 -o haproxy.cfg
     """

@@ -28,8 +28,8 @@ def serve(
 ) -> None:
     """Serve the agent app with the queue and concurrency limits of a profile.
 
+    \b
     Example usage:
-
         cmw serve                          # balanced profile, embedded simulator, http://127.0.0.1:7860
         cmw serve -p high-performance --port 8080
         cmw serve --llm http://127.0.0.1:8000/v1 --model qwen2.5

@@ -20,8 +20,8 @@ SessionId = Annotated[str, typer.Argument(help="Session id, as `cmw sessions lis
 def list_(url: UrlOption = None, token: TokenOption = None, json_: JsonOption = False) -> None:
     """Every live session, most recently active first.
 
+    \b
     Example usage:
-
         cmw sessions list
         cmw sessions list --json | jq '.[] | select(.state == "running") | .id'
     """
@@ -36,8 +36,8 @@ def list_(url: UrlOption = None, token: TokenOption = None, json_: JsonOption = 
 def show(session_id: SessionId, url: UrlOption = None, token: TokenOption = None, json_: JsonOption = False) -> None:
     """One session: its figures, conversation and attached files.
 
+    \b
     Example usage:
-
         cmw sessions show 3f2a9c1e7b
     """
     detail = connect(url, token).get(f"sessions/{_checked(session_id)}")
@@ -66,8 +66,8 @@ def show(session_id: SessionId, url: UrlOption = None, token: TokenOption = None
 def kill(session_id: SessionId, url: UrlOption = None, token: TokenOption = None, json_: JsonOption = False) -> None:
     """End a session as eviction would: its history, files and stored record are freed.
 
+    \b
     Example usage:
-
         cmw sessions kill 3f2a9c1e7b
     """
     result = connect(url, token).delete(f"sessions/{_checked(session_id)}")
@@ -90,8 +90,8 @@ def watch(
 
     With --json, one JSON object per refresh and line: {"time", "sessions", "queue"}.
 
+    \b
     Example usage:
-
         cmw sessions watch --interval 1
         cmw sessions watch --json --count 10 > sessions.jsonl
     """

@@ -25,8 +25,8 @@ def sim(
 ) -> None:
     """Run the OpenAI-compatible LLM simulator until Ctrl-C (fault rates via --set sim.KEY=V).
 
+    \b
     Example usage:
-
         cmw sim --port 8001 --tps 100 --set sim.error_rate=0.05
     """
     flags: dict[str, Any] = {}

@@ -12,8 +12,8 @@ from cmw_cli.common import JsonOption, console
 def status(url: UrlOption = None, token: TokenOption = None, json_: JsonOption = False) -> None:
     """Health, sessions and waiting/running/limit per event of a running server.
 
+    \b
     Example usage:
-
         cmw status                                   # the local server of your settings
         cmw status --url http://10.0.0.5:7860 --token "$TOKEN" --json
     """
