@@ -196,6 +196,7 @@ class AdminWatch:
     def __init__(self, client: httpx.AsyncClient, base_url: str, token: str | None, interval: float = 0.25):
         self.client, self.url, self.token, self.interval = client, f"{base_url}/admin/api/queue", token, interval
         self.peak: dict[str, dict[str, Any]] = {}
+        self.worker_peaks: dict[str, dict[str, dict[str, Any]]] = {}  # `cmw serve --workers N`: per worker
         self.samples = 0
         self.status = "no token given" if token is None else "not polled"
         self._task: asyncio.Task[None] | None = None
@@ -214,19 +215,20 @@ class AdminWatch:
             self.status = f"not available (HTTP {response.status_code})"
             return False
         try:
-            events = _queue_events(response.json())
+            body = response.json()
+            events = _queue_events(body)
         except ValueError:
             self.status = "not available (not JSON)"
             return False
         self.samples += 1
         self.status = "ok"
-        for name, figures in events.items():
-            peak = self.peak.setdefault(name, {"running": 0, "waiting": 0, "limit": None})
-            for key in ("running", "waiting"):
-                if isinstance(figures.get(key), int | float):
-                    peak[key] = max(peak[key], figures[key])
-            if figures.get("limit") is not None:
-                peak["limit"] = figures["limit"]
+        _record_peaks(self.peak, events)
+        workers = body.get("workers") if isinstance(body, dict) else None
+        for worker in workers if isinstance(workers, list) else []:
+            if isinstance(worker, dict) and "error" not in worker:
+                with contextlib.suppress(ValueError):
+                    label = str(worker.get("worker", len(self.worker_peaks)))
+                    _record_peaks(self.worker_peaks.setdefault(label, {}), _queue_events(worker))
         return True
 
     async def _loop(self) -> None:
@@ -242,13 +244,26 @@ class AdminWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        return {"status": self.status, "samples": self.samples, "peak": self.peak}
+        report: dict[str, Any] = {"status": self.status, "samples": self.samples, "peak": self.peak}
+        if self.worker_peaks:
+            report["workers"] = self.worker_peaks
+        return report
 
     def chat_limit(self) -> int | None:
         for name, figures in self.peak.items():
             if "chat" in name and isinstance(figures.get("limit"), int):
                 return figures["limit"]
         return None
+
+
+def _record_peaks(peaks: dict[str, dict[str, Any]], events: dict[str, dict[str, Any]]) -> None:
+    for name, figures in events.items():
+        peak = peaks.setdefault(name, {"running": 0, "waiting": 0, "limit": None})
+        for key in ("running", "waiting"):
+            if isinstance(figures.get(key), int | float):
+                peak[key] = max(peak[key], figures[key])
+        if figures.get("limit") is not None:
+            peak["limit"] = figures["limit"]
 
 
 def _queue_events(body: Any) -> dict[str, dict[str, Any]]:

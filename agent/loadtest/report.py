@@ -91,6 +91,11 @@ def totals_table(doc: dict[str, Any]) -> Table:
         peaks = ", ".join(f"{name}: peak running {f['running']} of limit {f['limit']}, peak waiting {f['waiting']}"
                           for name, f in admin["peak"].items() if f["running"] or f["waiting"])
         table.add_row("server queue", peaks or f"no event seen running in {admin['samples']} samples")
+        for worker, events in admin.get("workers", {}).items():
+            chat = next((f for name, f in events.items() if "chat" in name), None)
+            if chat is not None:
+                table.add_row(f"  worker {worker}", f"chat peak running {chat['running']} of limit {chat['limit']}, "
+                              f"peak waiting {chat['waiting']}")
     else:
         table.add_row("server queue", Text(f"admin figures skipped: {admin['status']}", style="dim"))
     for expr, result in summary["slo"].items():
