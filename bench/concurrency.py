@@ -49,6 +49,7 @@ class Point:
     ttft_p95: float | None
     server_cpu: float
     generator_cpu: float
+    sim_cpu: float
     errors: int
     violations: int
     inconclusive: bool
@@ -112,6 +113,7 @@ def run_point(app: str, command: list[str], port: int, limit: int, turns: int, s
         done = subprocess.run(load, capture_output=True, text=True, env={**os.environ, "CMW_ADMIN_TOKEN": ""})
         wall = time.perf_counter() - t0
         server_cpu = (_cpu(proc) - server_cpu0) / wall
+        sim_cpu = (_cpu(sim) - sim_cpu0) / wall
     try:
         doc = json.loads(done.stdout)
     except json.JSONDecodeError:
@@ -121,7 +123,8 @@ def run_point(app: str, command: list[str], port: int, limit: int, turns: int, s
     rps = summary["throughput_rps"]
     return Point(
         app, limit, rps, rps / limit * NOMINAL_S, summary["ttft"]["p50"], summary["ttft"]["p95"], server_cpu,
-        float(generator.get("cpu_share", 0.0)), sum(summary["errors"].values()), summary["isolation_violations"],
+        float(generator.get("cpu_share", 0.0)), sim_cpu, sum(summary["errors"].values()),
+        summary["isolation_violations"],
         bool(generator.get("inconclusive")),
     )
 
@@ -158,12 +161,13 @@ def main() -> None:
                 points.append(point)
                 print(f"  {app:8} C={limit:<4} {point.rps:6.2f} req/s  eff {point.efficiency:5.2f}", file=sys.stderr)
     print(f"\ncmw {version('gradio')=} {version('langchain-openai')=}; simulator 50 tokens @ 50 tokens/s, TTFT 0")
-    print("| app | C | req/s | efficiency | TTFT p50 ms | TTFT p95 ms | server CPU (cores) | generator CPU | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| app | C | req/s | efficiency | TTFT p50 ms | TTFT p95 ms | server CPU | generator CPU | simulator CPU "
+          "| errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in points:
         flag = " (inconclusive)" if p.inconclusive else ""
         print(f"| {p.app} | {p.limit} | {p.rps:.2f} | {p.efficiency:.2f}{flag} | {_ms(p.ttft_p50)} | {_ms(p.ttft_p95)}"
-              f" | {p.server_cpu:.2f} | {p.generator_cpu:.2f} | {p.errors + p.violations} |")
+              f" | {p.server_cpu:.2f} | {p.generator_cpu:.2f} | {p.sim_cpu:.2f} | {p.errors + p.violations} |")
     by = {(p.app, p.limit): p for p in points}
     for limit in limits:
         if ("cmw", limit) in by and ("baseline", limit) in by:
