@@ -39,7 +39,9 @@ from agent.loadtest.spawn import SpawnedServer, spawn_server  # noqa: E402
 
 TARGET_RETURN = 0.10  # RSS after may exceed RSS before by at most this share
 TARGET_BYTES_PER_SESSION = 20 * 1024
-WARMUP_SESSIONS = 300
+# Gradio keeps bounded per-session caches (an LRU of 2,000 message queues, SessionStates up to
+# server.max_threads): a warm-up beyond that fills them, so "before" is the server's steady state.
+WARMUP_SESSIONS = 2500
 
 
 def rss(process: psutil.Process) -> int:
@@ -135,7 +137,8 @@ def wait_for_no_sessions(server: SpawnedServer, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def run(sessions: int, concurrency: int, ttl_s: float, store: str, profile: str, settle_s: float) -> dict[str, Any]:
+def run(sessions: int, concurrency: int, ttl_s: float, store: str, profile: str, settle_s: float,
+        warmup: int = WARMUP_SESSIONS) -> dict[str, Any]:
     overrides = [
         f"sessions.idle_ttl_s={ttl_s}",
         f"sessions.max_sessions={max(sessions * 2, 1000)}",  # no LRU eviction: every session lives its TTL
@@ -145,7 +148,7 @@ def run(sessions: int, concurrency: int, ttl_s: float, store: str, profile: str,
     ]
     with spawn_server(profile, overrides) as server:
         process = psutil.Process(server.process.pid)
-        asyncio.run(create_sessions(server.url, WARMUP_SESSIONS, concurrency, "warmup"))
+        asyncio.run(create_sessions(server.url, warmup, concurrency, "warmup"))
         end_all_sessions(server)
         time.sleep(settle_s)
         rss_before = rss(process)
@@ -165,7 +168,7 @@ def run(sessions: int, concurrency: int, ttl_s: float, store: str, profile: str,
     returned = (rss_after - rss_before) / rss_before
     return {
         "meta": {"sessions": sessions, "concurrency": concurrency, "idle_ttl_s": ttl_s, "store": store,
-                 "profile": profile, "settle_s": settle_s},
+                 "profile": profile, "settle_s": settle_s, "warmup_sessions": warmup},
         "created": {"ok": created.ok, "failed": created.failed, "errors": created.errors,
                     "seconds": round(created.seconds, 1),
                     "turns_per_s": round(created.ok / created.seconds, 1) if created.seconds else None},
@@ -198,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
     parser.add_argument("-p", "--profile", default="high-performance")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before reading a steady RSS")
+    parser.add_argument("--warmup", type=int, default=WARMUP_SESSIONS,
+                        help="sessions served (then ended) before RSS 'before' is read")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
-    result = run(args.sessions, args.concurrency, args.ttl, args.store, args.profile, args.settle)
+    result = run(args.sessions, args.concurrency, args.ttl, args.store, args.profile, args.settle, args.warmup)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
