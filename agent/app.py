@@ -102,18 +102,19 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             ctx.metrics.turn_started(session.provider)
             messages = _llm_messages(session)
             session.log.append((time.time(), f"chat: turn {session.turns + 1} started ({session.provider})"))
-            yield list(session.history), ""
             stream = ReplyStream(ctx.providers.stream(session.provider, session.model, messages), ctx.pacer)
+            stream.start()  # the LLM request goes out while the UI shows the user's message
             error = None
             ctx.in_flight += 1
             try:
+                yield list(session.history), ""
                 async for reply in stream.updates():
                     yield [*session.history, {"role": "assistant", "content": reply}], ""
                 reply = stream.text
             except LLMError as exc:
                 error = exc.kind
                 reply = (stream.text + "\n\n" if stream.text else "") + f"⚠️ {exc.message}"
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):  # Stop pressed, or the client went away
                 _finish(ctx, session, stream.text + (" " if stream.text else "") + "[stopped]", stream, "stopped")
                 raise
             except Exception:  # the server and other sessions carry on; the user sees a clear notice
@@ -122,6 +123,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 reply = (stream.text + "\n\n" if stream.text else "") + "⚠️ Internal error while generating the reply."
             finally:
                 ctx.in_flight -= 1
+                stream.cancel()  # a no-op once the reply is complete
             _finish(ctx, session, reply, stream, error)
             yield list(session.history), ""
 

@@ -43,12 +43,23 @@ class ReplyStream:
         self.started = time.monotonic()
         self.ttft: float | None = None
         self.tokens = 0
+        self._pump_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Send the request now, so it is in flight while the caller updates the UI."""
+        if self._pump_task is None:
+            self._pump_task = asyncio.create_task(self._pump())
 
     @property
     def text(self) -> str:
         if len(self._parts) > 1:
             self._parts = ["".join(self._parts)]
         return self._parts[0] if self._parts else ""
+
+    def cancel(self) -> None:
+        """Abandon the LLM request (the user pressed Stop or went away)."""
+        if self._pump_task is not None and not self._pump_task.done():
+            self._pump_task.cancel()
 
     async def _pump(self) -> None:
         try:
@@ -68,7 +79,9 @@ class ReplyStream:
 
     async def updates(self) -> AsyncIterator[str]:
         """Yield the reply so far, paced; raise what the LLM stream raised once everything is out."""
-        pump = asyncio.create_task(self._pump())
+        self.start()
+        pump = self._pump_task
+        assert pump is not None
         self._pacer.active += 1
         try:
             last: float | None = None

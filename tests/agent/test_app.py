@@ -95,6 +95,19 @@ def test_chats_in_flight_reach_but_never_exceed_the_chat_limit(server: RunningSe
     assert peak_after(sim, burst) == 3  # balanced: events.chat_concurrency_limit = 3
 
 
+def test_stop_ends_the_reply_and_the_session_chats_on(server: RunningServer) -> None:
+    user = client(server)
+    user.predict("custom", api_name="/set_provider")  # the test's simulator: ~0.5 s replies
+    job = user.submit("stop me", api_name="/chat")
+    for _ in job:  # the reply is under way
+        break
+    job.cancel()
+    history = chat(user, "after the stop")
+    assert [text_of(m) for m in history if m["role"] == "user"] == ["stop me", "after the stop"]
+    assert text_of(history[1]).endswith("[stopped]")
+    assert parse_reply_header(text_of(history[-1])) == (2, [fingerprint("stop me"), fingerprint("after the stop")])
+
+
 def test_stats_count_running_chats_against_their_limit(server: RunningServer) -> None:
     users = [client(server) for _ in range(3)]
     for user in users:
