@@ -8,6 +8,7 @@ is public as ``api_name="chat"``: input the message text, output the conversatio
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import deque
@@ -21,13 +22,14 @@ from agent import __version__
 from agent.llm import LLMError, Providers
 from agent.metrics import AppMetrics
 from agent.queue import EVENTS, QueueMonitor, apply_queue, event_options
-from agent.sessions import Session, SessionManager
+from agent.sessions import MAX_ID_LENGTH, Session, SessionManager
 from agent.settings import LoadedSettings
 from agent.streaming import ReplyStream, UpdatePacer
 from agent.uploads import attach_upload
 
 log = logging.getLogger("cmw.app")
 
+MAX_MESSAGE_CHARS = 20_000
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's latest message."
 
 
@@ -71,6 +73,8 @@ class AppContext:
 
     def session_id(self, request: gr.Request | None) -> str:
         session_hash = getattr(request, "session_hash", None) or "anonymous"
+        if len(session_hash) > MAX_ID_LENGTH:  # any client may send any hash: keep ids bounded and valid
+            session_hash = "h-" + hashlib.sha256(session_hash.encode("utf-8", "replace")).hexdigest()
         return self.aliases.get(session_hash, session_hash)
 
     def session(self, request: gr.Request | None) -> Session:
@@ -97,6 +101,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         if not text:
             yield list(session.history), ""
             return
+        if len(text) > MAX_MESSAGE_CHARS:  # the Textbox limit is the browser's; API clients are held to it here
+            raise gr.Error(f"Your message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.")
         async with session.lock:
             ctx.sessions.start_turn(session, text)
             ctx.metrics.turn_started(session.provider)
@@ -183,7 +189,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         with gr.Tab("Chat"):
             chatbot = gr.Chatbot(label="Conversation", height=480)
             with gr.Row():
-                msg = gr.Textbox(placeholder="Message the agent…", show_label=False, scale=6, max_length=20_000)
+                msg = gr.Textbox(
+                    placeholder="Message the agent…", show_label=False, scale=6, max_length=MAX_MESSAGE_CHARS
+                )
                 send = gr.Button("Send", variant="primary", scale=1)
                 stop = gr.Button("Stop", scale=1)
                 clear_btn = gr.Button("Clear", scale=1)

@@ -38,6 +38,7 @@ class ReplyStream:
         self._pacer = pacer
         self._parts: list[str] = []
         self._wake = asyncio.Event()
+        self._finished = asyncio.Event()
         self._done = False
         self._error: BaseException | None = None
         self.started = time.monotonic()
@@ -75,6 +76,7 @@ class ReplyStream:
             self._error = exc
         finally:
             self._done = True
+            self._finished.set()
             self._wake.set()
 
     async def updates(self) -> AsyncIterator[str]:
@@ -92,8 +94,9 @@ class ReplyStream:
                     break
                 if last is not None:
                     delay = self._pacer.interval() - (time.monotonic() - last)
-                    if delay > 0:
-                        await asyncio.sleep(delay)  # pacing: tokens keep arriving meanwhile
+                    if delay > 0:  # pacing: tokens keep arriving meanwhile; the end of the reply cuts it short
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._finished.wait(), delay)
                     if self._done:
                         break
                 yield self.text

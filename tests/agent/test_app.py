@@ -95,6 +95,13 @@ def test_chats_in_flight_reach_but_never_exceed_the_chat_limit(server: RunningSe
     assert peak_after(sim, burst) == 3  # balanced: events.chat_concurrency_limit = 3
 
 
+def test_an_overlong_message_is_refused_with_a_clear_error(server: RunningServer) -> None:
+    user = client(server)
+    with pytest.raises(Exception, match="limit is 20,000"):
+        chat(user, "x" * 20_001)
+    assert parse_reply_header(text_of(chat(user, "short")[-1])) == (1, [fingerprint("short")])
+
+
 def test_stop_ends_the_reply_and_the_session_chats_on(server: RunningServer) -> None:
     user = client(server)
     user.predict("custom", api_name="/set_provider")  # the test's simulator: ~0.5 s replies
