@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Annotated
 
-import typer
+# Pydantic looks for plugins in every installed distribution's entry points on first use: ~0.1 s of
+# `cmw config show` (bench/cli_startup.py). cmw uses none; an explicit setting still wins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from agent import __version__
+import typer  # noqa: E402
+
+from agent import __version__  # noqa: E402
 from cmw_cli import config, loadtest, proxy, serve, sessions, sim, status
 
 app = typer.Typer(
