@@ -168,10 +168,7 @@ class Monitor:
         self._task = asyncio.create_task(self._tick())
 
     async def stop(self) -> dict[str, Any]:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel(self._task)
         wall = max(time.perf_counter() - self._wall0, 1e-9)
         cpu = (time.process_time() - self._cpu0) / wall
         ordered = sorted(self.lags)
@@ -240,10 +237,7 @@ class AdminWatch:
             self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> dict[str, Any]:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel(self._task)
         report: dict[str, Any] = {"status": self.status, "samples": self.samples, "peak": self.peak}
         if self.worker_peaks:
             report["workers"] = self.worker_peaks
@@ -254,6 +248,14 @@ class AdminWatch:
             if "chat" in name and isinstance(figures.get("limit"), int):
                 return figures["limit"]
         return None
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Stop a background ticker or poller and wait until it has."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _record_peaks(peaks: dict[str, dict[str, Any]], events: dict[str, dict[str, Any]]) -> None:
