@@ -55,8 +55,10 @@ class _LazyConsole:
         self._real().__exit__(*exc)
 
 
-console = cast("Console", _LazyConsole())
-err_console = cast("Console", _LazyConsole(stderr=True))
+# emoji=False: names and paths users type are printed as they are (":bell:" stays text), and rich
+# skips loading its emoji table.
+console = cast("Console", _LazyConsole(emoji=False))
+err_console = cast("Console", _LazyConsole(stderr=True, emoji=False))
 
 ProfileOption = Annotated[
     str | None,

@@ -59,6 +59,8 @@ def main() -> None:
     # every pydantic and typer object (~0.15 s); frozen, they are skipped. Nothing is left open to
     # finalise. (Start-up time of the whole process; bench/cli_startup.py.)
     quick = not args or args[0] == "config" or bool({"--help", "--version"} & set(args))
+    if not quick:
+        gc.enable()  # paused by cmw_cli.__main__ for start-up; servers and load tests need it
     try:
         # `cmw config ...` runs the config group directly: the same commands and help, without
         # typer building every other command first.

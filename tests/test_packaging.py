@@ -50,7 +50,7 @@ def test_wheel_carries_both_packages_the_profiles_and_the_console_script(wheel: 
     assert {"agent/settings.py", "cmw_cli/main.py", "cmw_cli/config.py"} <= names
     assert {f"agent/profiles/{name}.toml" for name in PROFILES} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "cmw = cmw_cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "cmw = cmw_cli.__main__:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_installed_wheel_finds_its_profiles_from_another_directory(wheel: Path, tmp_path: Path) -> None:

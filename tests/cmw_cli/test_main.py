@@ -107,3 +107,27 @@ def test_help_and_every_config_command_leave_gradio_langchain_and_openai_unimpor
     report = json.loads(probe.stderr.strip().splitlines()[-1])
     assert list(report) == [" ".join(args) for args in runs]
     assert {args: modules for args, modules in report.items() if modules} == {}
+
+
+GC_PROBE = """
+import gc, sys
+from cmw_cli.__main__ import run
+sys.argv = ["cmw", *sys.argv[1:]]
+try:
+    run()
+except SystemExit:
+    pass
+print("gc", "on" if gc.isenabled() else "off", file=sys.__stderr__)
+"""
+
+
+def test_console_script_pauses_gc_only_for_commands_that_just_print(tmp_path: Path) -> None:
+    def gc_after(*args: str) -> str:
+        probe = subprocess.run(
+            [sys.executable, "-c", GC_PROBE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        return probe.stderr.strip().splitlines()[-1]
+
+    assert gc_after("config", "path") == "gc off"
+    # A long-running command (here stopped early by a bad port) must run with the collector on.
+    assert gc_after("sim", "--port", "-1") == "gc on"
