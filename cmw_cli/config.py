@@ -131,11 +131,20 @@ def show(
     # A wide terminal gets a column per field; a narrow one stacks description under key, allowed under value.
     # Cells are Text, not markup: parsing markup for ~250 cells is a visible share of start-up time.
     wide = console.width >= 150
-    # A fixed key width: rich crops (rather than wraps) a table whose columns carry a min_width.
-    key_width = None if wide else min(max(map(len, described)), console.width // 2)
+    # Narrow: every column gets a fixed width (key whole; source and value as wide as their longest
+    # line, value taking what is left), so rich wraps cells without first measuring ~200 of them (a
+    # third of the render time). A fixed width also makes rich crop rather than wrap a table that does
+    # not fit a very narrow terminal.
+    key_width = value_width = source_width = None
+    if not wide:
+        key_width = min(max(map(len, described)), console.width // 2)
+        rest = max(console.width - key_width - 10, 2)  # 4 borders, 1 space of padding each side of 3 columns
+        source_width = min(max(len(_pretty_source(row["source"])) for row in described.values()), rest // 2)
+        longest = max(max(len(_text(row["value"])), len(row["allowed"])) for row in described.values())
+        value_width = min(longest, rest - source_width)
     table.add_column("key" if wide else "key / description", width=key_width, overflow="fold")
-    table.add_column("value" if wide else "value / allowed", overflow="fold", ratio=None if wide else 1)
-    table.add_column("source", overflow="fold", ratio=None if wide else 1)
+    table.add_column("value" if wide else "value / allowed", width=value_width, overflow="fold")
+    table.add_column("source", width=source_width, overflow="fold")
     if wide:
         table.add_column("allowed")
         table.add_column("description")
