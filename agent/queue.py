@@ -41,6 +41,12 @@ def apply_queue(demo: Any, settings: Settings) -> None:
     else:
         demo.queue(api_open=False)
     demo._queue.max_thread_count = settings.server.max_threads
+    # Gradio keeps the last 10,000 events for its monitoring dashboard and, after every finished
+    # event, rebuilds the dashboard's summary from them: a pandas DataFrame in a worker thread that
+    # competes with the event loop for the GIL (~10 ms at 10,000 events; the first one imports pandas,
+    # ~0.5 s, stalling the first burst of users). cmw mounts the app with that dashboard off, so the
+    # records feed nothing: keep none, and the summary returns at once.
+    demo._queue.ANALYTICS_MAX_EVENTS = 0
 
 
 @dataclass

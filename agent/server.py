@@ -96,9 +96,10 @@ def _simulator(loaded: LoadedSettings) -> Iterator[str | None]:
 def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: Path) -> tuple[Any, Any]:
     """The ASGI app (FastAPI + mounted Gradio) and its :class:`~agent.app.AppContext`."""
     import gradio as gr
-    from fastapi import FastAPI
+    from fastapi import FastAPI, HTTPException
 
     from agent.app import AppContext, build_app
+    from agent.gradio_state import use_lean_session_state
     from agent.llm import LLMError, Providers
     from agent.sessions import SessionManager
 
@@ -131,6 +132,14 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     from agent.metrics import metrics_router
 
     api.include_router(metrics_router(ctx))
+
+    @api.get("/gradio_api/deep_link", include_in_schema=False)
+    def no_deep_links() -> None:
+        # Gradio would write any session's component values (its chat) to a file for whoever names the
+        # session hash, and fills disk on repeat. cmw has no deep-link button, and its session states
+        # hold only the blocks each session touched (agent/gradio_state.py).
+        raise HTTPException(404, "deep links are off in cmw")
+
     app = gr.mount_gradio_app(
         api,
         demo,
@@ -140,10 +149,14 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
         ssr_mode=False,
         footer_links=["api", "settings"],
         run_history=False,
+        # Gradio's traffic dashboard: off. cmw's admin API and /metrics report the same figures behind
+        # the admin token; Gradio's /monitoring/summary would answer anyone.
+        enable_monitoring=False,
     )
     # launch() sets this; mounted apps never do, and without it Gradio skips its check that a file
     # reference names a file a user uploaded — any server path could be copied into the cache.
     demo.has_launched = True
+    use_lean_session_state(demo)
     app.add_middleware(DrainMiddleware, ctx=ctx)
     ctx.startup_log.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} cmw {_version()} started")
     ctx.startup_log.append(f"profile {loaded.profile_name}; provider {settings.llm.provider}")

@@ -83,6 +83,15 @@ def test_run_route_cannot_bypass_the_queue(server: RunningServer) -> None:
     assert response.status_code == 404
 
 
+def test_gradio_monitoring_and_deep_links_are_closed(server: RunningServer) -> None:
+    user = client(server)
+    chat(user, "remember me")
+    # Gradio's traffic summary would answer anyone; its deep links would write this session's chat to disk.
+    assert httpx.get(f"{server.url}/monitoring/summary", timeout=10).status_code == 403
+    deep = httpx.get(f"{server.url}/gradio_api/deep_link", params={"session_hash": user.session_hash}, timeout=10)
+    assert deep.status_code == 404
+
+
 def test_chats_in_flight_reach_but_never_exceed_the_chat_limit(server: RunningServer, sim: Simulator) -> None:
     users = [client(server) for _ in range(6)]
     for user in users:
