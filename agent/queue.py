@@ -47,6 +47,37 @@ def apply_queue(demo: Any, settings: Settings) -> None:
     # ~0.5 s, stalling the first burst of users). cmw mounts the app with that dashboard off, so the
     # records feed nothing: keep none, and the summary returns at once.
     demo._queue.ANALYTICS_MAX_EVENTS = 0
+    coalesce_estimations(demo._queue)
+
+
+def coalesce_estimations(queue: Any) -> None:
+    """Send the queue's rank/ETA broadcasts once per burst of job starts instead of once per start.
+
+    With ``status_update_rate="auto"`` Gradio tells every waiting client its new rank each time a
+    job starts; when a burst of N users joins and N slots are free, that is N²/2 messages for ranks
+    that are gone before the clients read them (14 per turn at 16 users, more than the streamed
+    updates themselves). Gradio starts every startable job in one pass of its loop, so a broadcast
+    deferred with ``call_soon`` runs once after the pass and reaches only events still waiting. A
+    joining event still learns its rank at once.
+    """
+    import asyncio
+
+    broadcast_now = queue.broadcast_estimations
+    due: set[str] = set()
+
+    def flush(concurrency_id: str) -> None:
+        due.discard(concurrency_id)
+        if concurrency_id in queue.event_queue_per_concurrency_id:
+            broadcast_now(concurrency_id)
+
+    def broadcast_estimations(concurrency_id: str, after: int | None = None) -> None:
+        if after is not None:  # a join: only the new event is told, and at once
+            broadcast_now(concurrency_id, after)
+        elif concurrency_id not in due:
+            due.add(concurrency_id)
+            asyncio.get_running_loop().call_soon(flush, concurrency_id)
+
+    queue.broadcast_estimations = broadcast_estimations
 
 
 @dataclass
