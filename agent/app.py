@@ -99,7 +99,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         session = ctx.session(request)
         text = (message or "").strip()
         if not text:
-            yield list(session.history), ""
+            yield shown(session.history), ""
             return
         if len(text) > MAX_MESSAGE_CHARS:  # the Textbox limit is the browser's; API clients are held to it here
             raise gr.Error(f"Your message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.")
@@ -113,9 +113,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             error = None
             ctx.in_flight += 1
             try:
-                yield list(session.history), ""
+                yield shown(session.history), ""
                 async for reply in stream.updates():
-                    yield [*session.history, {"role": "assistant", "content": reply}], ""
+                    yield shown([*session.history, {"role": "assistant", "content": reply}]), ""
                 reply = stream.text
             except LLMError as exc:
                 error = exc.kind
@@ -131,7 +131,16 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 ctx.in_flight -= 1
                 stream.cancel()  # a no-op once the reply is complete
             _finish(ctx, session, reply, stream, error)
-            yield list(session.history), ""
+            yield shown(session.history), ""
+
+    def shown(messages: list[dict[str, Any]]) -> Any:
+        """The Chatbot's wire format, made here on the event loop.
+
+        The chat event runs with ``postprocess=False``: Gradio would otherwise hand every streamed
+        update's postprocessing to a worker thread and back (two thread hops per update, GIL
+        ping-pong under load) for the same result.
+        """
+        return chatbot.postprocess(messages).model_dump()
 
     def attach(files: list[str] | None, request: gr.Request) -> str:
         session = ctx.session(request)
@@ -208,7 +217,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             logs_view = gr.Textbox(label="Logs", lines=20, max_lines=40, autoscroll=True)
 
         chat_event = gr.on(
-            [send.click, msg.submit], chat, [msg], [chatbot, msg], api_name="chat", **event_options(settings, "chat")
+            [send.click, msg.submit], chat, [msg], [chatbot, msg], api_name="chat", postprocess=False,
+            **event_options(settings, "chat"),
         )
         stop.click(None, None, None, cancels=[chat_event])
         clear_btn.click(clear, None, [chatbot, msg], api_visibility="undocumented", **event_options(settings, "chat"))

@@ -157,6 +157,7 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     # reference names a file a user uploaded — any server path could be copied into the cache.
     demo.has_launched = True
     use_lean_session_state(demo)
+    _skip_login_check_thread_hop(app)
     app.add_middleware(DrainMiddleware, ctx=ctx)
     ctx.startup_log.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} cmw {_version()} started")
     ctx.startup_log.append(f"profile {loaded.profile_name}; provider {settings.llm.provider}")
@@ -164,6 +165,35 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     for warning in loaded.warnings:
         ctx.startup_log.append(f"warning: {warning}")
     return app, ctx
+
+
+def _skip_login_check_thread_hop(app: Any) -> None:
+    """Answer Gradio's login check on the event loop when the app has no Gradio login.
+
+    Every queue join and event stream depends on Gradio's ``login_check``, a plain function, so
+    FastAPI runs it in a worker thread: two thread hops per request for a check that always passes
+    here (cmw uses no Gradio auth). With a login configured, Gradio's own check stays.
+    """
+    from fastapi.routing import APIRoute
+    from gradio.routes import App as GradioApp
+
+    for mount in app.routes:
+        gradio_app = getattr(mount, "app", None)
+        if not isinstance(gradio_app, GradioApp) or gradio_app.auth or gradio_app.auth_dependency:
+            continue
+        routes = list(gradio_app.router.routes)
+        while routes:
+            route = routes.pop()
+            nested = getattr(route, "original_router", None)  # FastAPI keeps included routers whole
+            if nested is not None:
+                routes.extend(nested.routes)
+            elif isinstance(route, APIRoute) and route.path.endswith("/queue/join"):
+                for depends in route.dependencies:
+                    gradio_app.dependency_overrides[depends.dependency] = _no_login_needed
+
+
+async def _no_login_needed() -> None:
+    return None
 
 
 def _version() -> str:
