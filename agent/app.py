@@ -72,7 +72,10 @@ class AppContext:
         return self.loaded.settings
 
     def session_id(self, request: gr.Request | None) -> str:
-        session_hash = getattr(request, "session_hash", None) or "anonymous"
+        return self.session_id_for_hash(getattr(request, "session_hash", None) or "anonymous")
+
+    def session_id_for_hash(self, session_hash: str) -> str:
+        """The session a Gradio session hash belongs to (a reloaded page's new hash maps to its old session)."""
         if len(session_hash) > MAX_ID_LENGTH:  # any client may send any hash: keep ids bounded and valid
             session_hash = "h-" + hashlib.sha256(session_hash.encode("utf-8", "replace")).hexdigest()
         return self.aliases.get(session_hash, session_hash)

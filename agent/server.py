@@ -114,11 +114,16 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any):  # type: ignore[no-untyped-def]
-        sweeper = asyncio.create_task(sessions.run_sweeper(min(60.0, settings.sessions.idle_ttl_s / 4)))
+        interval_s = min(60.0, settings.sessions.idle_ttl_s / 4)
+        sweepers = [
+            asyncio.create_task(sessions.run_sweeper(interval_s)),
+            asyncio.create_task(_forget_ended_gradio_sessions(demo, ctx, interval_s)),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
+            for sweeper in sweepers:
+                sweeper.cancel()
             sessions.close()
 
     api = FastAPI(title="cmw", version=_version(), lifespan=lifespan, docs_url="/admin/docs", redoc_url=None,
@@ -165,6 +170,21 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     for warning in loaded.warnings:
         ctx.startup_log.append(f"warning: {warning}")
     return app, ctx
+
+
+async def _forget_ended_gradio_sessions(demo: Any, ctx: Any, interval_s: float) -> None:
+    """Sweep Gradio's per-session queue entries on the event loop, where Gradio mutates them."""
+    from agent.queue import forget_ended_sessions
+
+    def is_live(session_hash: str) -> bool:
+        return bool(ctx.sessions.is_live(ctx.session_id_for_hash(session_hash)))
+
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            forget_ended_sessions(demo._queue, is_live)
+        except Exception:  # the sweep must outlive any one failure
+            log.exception("sweep of Gradio's session entries failed")
 
 
 def _skip_login_check_thread_hop(app: Any) -> None:

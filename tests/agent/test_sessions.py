@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sessions import LOG_LINES, Session, SessionManager
+from agent.sessions import LOG_LINES, Recent, Session, SessionManager
 from agent.settings import Settings
 from agent.store import MemoryStore, SessionStore, SQLiteStore
 
@@ -78,6 +78,18 @@ def test_get_or_create_returns_the_same_session_and_touches_it(manager: SessionM
     clock.advance(5)
     assert manager.get_or_create("a") is first
     assert first.last_active == clock.now and first.created == clock.now - 5
+
+
+def test_recent_keeps_only_the_last_items_in_order() -> None:
+    recent = Recent(3)
+    for value in range(5):
+        recent.append(value)
+    assert recent == [2, 3, 4] and list(recent) == [2, 3, 4]
+
+
+def test_is_live_sees_only_sessions_held_now(manager: SessionManager) -> None:
+    manager.get_or_create("here")
+    assert manager.is_live("here") and not manager.is_live("elsewhere")
 
 
 def test_get_neither_creates_nor_touches(manager: SessionManager, clock: Clock) -> None:
