@@ -9,12 +9,14 @@ costs: (RSS at peak - RSS before) / sessions alive at the peak.
 
 Targets: RSS after within 10% of RSS before; at most 20 KB per idle session.
 
-Measured 2026-11-27 (2 shared cores, high-performance, memory store, --ttl 420, 10,000 sessions, 21 turns/s):
-warm-up 2,500: before 312.9 MiB, peak 373.7 MiB with 8,835 alive, after 374.1 MiB (+19.6%), 7,215 B/session;
-warm-up 300: before 289.8 MiB, peak 371.5 MiB with 8,694 alive, after 371.6 MiB (+28.2%), 9,858 B/session.
-Before bounding Gradio's SessionState LRU (agent/app.py) a session cost ~47 KB (tracemalloc, 600 sessions).
-RSS stays at its peak after every session is freed: the objects are gone (tracemalloc), but CPython's arenas
-and glibc's heap keep the pages (malloc_trim(0) gives back only ~3 MB of ~20 MB in a 2,000-session probe).
+Measured 2026-11-27 17:22 (2 shared cores, high-performance, memory store, --ttl 420, 10,000 sessions,
+91 turns/s): before 295.5 MB, peak 318.1 MB with 10,000 alive, after 318.7 MB (+7.9%), 2,367 B/session.
+Earlier the same day: +19.6% after and 7.2 KB/session. What closed the gap: Gradio's per-session queue
+entries (a set of event ids per hash ever seen, a ~3 KB message queue in an LRU of 2,000) are dropped
+once cmw ends the session (agent/queue.py forget_ended_sessions); Gradio's per-session copy of every
+block's config is built lazily (agent/gradio_state.py); the per-session stats and log are bounded lists,
+not deques (760 B each, empty). Freed pages mostly stay with the process (CPython arenas, glibc heap),
+so what matters is how much a session allocates in the first place.
 
     .venv/bin/python bench/session_churn.py                      # 10,000 sessions, memory store
     .venv/bin/python bench/session_churn.py --store sqlite --json
