@@ -239,9 +239,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         demo.load(restore, [browser_id], [chatbot, provider, model, browser_id, files_info], api_visibility="private")
         demo.unload(unload)
 
-    # Gradio keeps a SessionState (a copy of every block's config, ~30 KB) per session hash until an LRU of
-    # state_session_capacity (10,000) evicts it: 300 MB once 10,000 sessions have come and gone. This app keeps
-    # no gr.State and returns no component updates, so only sessions with an event running need one.
+    # Gradio keeps a SessionState per session hash until an LRU of state_session_capacity (10,000) evicts it;
+    # with a copy of every block's config that was ~30 KB each (cmw builds them lazily: agent/gradio_state.py).
+    # This app keeps no gr.State and returns no component updates, so only sessions with an event running
+    # need one.
     demo.state_session_capacity = max(100, settings.server.max_threads)
     apply_queue(demo, settings)
     ctx.monitor = QueueMonitor(
