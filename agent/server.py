@@ -177,7 +177,7 @@ async def _forget_ended_gradio_sessions(demo: Any, ctx: Any, interval_s: float) 
     from agent.queue import forget_ended_sessions
 
     def is_live(session_hash: str) -> bool:
-        return bool(ctx.sessions.is_live(ctx.session_id_for_hash(session_hash)))
+        return ctx.sessions.is_live(ctx.session_id_for_hash(session_hash))
 
     while True:
         await asyncio.sleep(interval_s)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import gradio as gr
 import pytest
 from gradio.state_holder import SessionState, StateHolder
@@ -43,3 +46,19 @@ def test_holder_makes_lean_states_and_keeps_gradios_lru(demo: gr.Blocks) -> None
     assert list(holder.session_data) == ["b", "c"]
     with pytest.raises(RuntimeError):
         use_lean_session_state(demo)  # too late once sessions exist
+
+
+def test_the_mounted_app_uses_lean_states_and_an_async_login_check(tmp_path: Path) -> None:
+    # Canaries for Gradio upgrades: both are set up by create_app from Gradio internals.
+    from gradio.routes import App as GradioApp
+
+    from agent.server import create_app
+    from agent.settings import load_settings
+
+    loaded = load_settings("balanced", ["sessions.store=memory"], environ={}, env_file=None)
+    app, ctx = create_app(loaded, sim_base_url="http://127.0.0.1:9/v1", state_dir=tmp_path)
+    gradio_app = next(route.app for route in app.routes if isinstance(getattr(route, "app", None), GradioApp))
+    assert isinstance(gradio_app.state_holder, LeanStateHolder)
+    assert gradio_app.dependency_overrides, "Gradio's login_check is no longer found on /queue/join"
+    for override in gradio_app.dependency_overrides.values():
+        assert inspect.iscoroutinefunction(override)
