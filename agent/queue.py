@@ -7,6 +7,7 @@ Gradio's own queue so Stats, the admin API and metrics report what Gradio really
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,6 @@ def coalesce_estimations(queue: Any) -> None:
     deferred with ``call_soon`` runs once after the pass and reaches only events still waiting. A
     joining event still learns its rank at once.
     """
-    import asyncio
-
     broadcast_now = queue.broadcast_estimations
     due: set[str] = set()
 

@@ -56,7 +56,7 @@ def test_the_mounted_app_uses_lean_states_and_an_async_login_check(tmp_path: Pat
     from agent.settings import load_settings
 
     loaded = load_settings("balanced", ["sessions.store=memory"], environ={}, env_file=None)
-    app, ctx = create_app(loaded, sim_base_url="http://127.0.0.1:9/v1", state_dir=tmp_path)
+    app, _ = create_app(loaded, sim_base_url="http://127.0.0.1:9/v1", state_dir=tmp_path)
     gradio_app = next(route.app for route in app.routes if isinstance(getattr(route, "app", None), GradioApp))
     assert isinstance(gradio_app.state_holder, LeanStateHolder)
     assert gradio_app.dependency_overrides, "Gradio's login_check is no longer found on /queue/join"
