@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from agent.settings import LoadedSettings
+from agent.settings import LoadedSettings, mask_url_passwords
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -316,6 +316,16 @@ def _running(ctx: Any) -> int:
     return sum(f.running for f in monitor.figures()) if monitor else ctx.in_flight
 
 
+def provider_text(settings: Any, sim_url: str | None) -> str:
+    """The default provider and where it is, for banners (a password in llm.base_url masked)."""
+    llm = settings.llm
+    if llm.provider == "sim" and sim_url:
+        return f"sim (simulator at {sim_url})"
+    if llm.provider == "custom" or (llm.provider == "openai" and llm.base_url):
+        return f"{llm.provider} at {mask_url_passwords(llm.base_url)}"
+    return llm.provider
+
+
 def _banner(console: Any, loaded: LoadedSettings, ctx: Any, url: str, sim_url: str | None) -> None:
     from rich.panel import Panel
     from rich.table import Table
@@ -330,8 +340,8 @@ def _banner(console: Any, loaded: LoadedSettings, ctx: Any, url: str, sim_url: s
     table.add_row("limits", "  ".join(f"{event}={fig['limit']}" for event, fig in limits.items()))
     table.add_row("queue", f"max_size={settings.queue.max_size}  status_update_rate={settings.queue.status_update_rate}"
                   f"  max_threads={settings.server.max_threads}")
-    provider = settings.llm.provider + (f" (simulator at {sim_url})" if settings.llm.provider == "sim" else "")
-    table.add_row("provider", provider)
+    table.add_row("store", mask_url_passwords(settings.sessions.store))
+    table.add_row("provider", provider_text(settings, sim_url))
     table.add_row("admin", f"{url.rstrip('/')}/admin/api/health  metrics: /metrics")
     console.print(Panel(table, title=f"cmw {_version()}", expand=False))
     for warning in loaded.warnings:

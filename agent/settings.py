@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 MASK = "********"
@@ -34,9 +35,13 @@ LOADER_ENV = ("CMW_PROFILE", "CMW_PROFILES_DIR", "CMW_ENV_FILE")
 DEFAULT_PROFILE = "balanced"
 
 
-def _key(default: Any, description: str, *seed_env: str, **constraints: Any) -> Any:
-    """A settings key: default, one-line help and the seed env names it also answers to."""
-    return Field(default, description=description, json_schema_extra={"seed_env": list(seed_env)}, **constraints)
+def _key(default: Any, description: str, *seed_env: str, allowed: str | None = None, **constraints: Any) -> Any:
+    """A settings key: default, one-line help, the seed env names it also answers to (and what it allows,
+    where a validator rather than the type says so)."""
+    extra: dict[str, Any] = {"seed_env": list(seed_env)}
+    if allowed is not None:
+        extra["allowed"] = allowed
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
 class _Group(BaseModel):
@@ -73,6 +78,30 @@ class ServerSettings(_Group):
         None, "Where the session database and admin token live (default: $XDG_STATE_HOME/cmw)."
     )
     shutdown_grace_s: float = _key(10.0, "Seconds in-flight replies get to finish on SIGINT/SIGTERM.", ge=0, le=3600)
+    trusted_proxies: list[str] = _key(
+        ["127.0.0.1", "::1"], "Proxy addresses (IPs or CIDR networks) whose X-Forwarded-For names the client; "
+        "from anyone else the header is ignored.", allowed="list of IP addresses or CIDR networks",
+    )
+    max_request_bytes: int = _key(
+        262_144, "Largest body of a queue join or /gradio_api/call request; a bigger one is answered 413 before "
+        "anything is queued.", ge=4096, le=100_000_000,
+    )
+    upload_cache_ttl_s: int = _key(
+        3600, "Seconds an upload stays in Gradio's upload cache (a chat keeps its own copy of what it attaches).",
+        ge=1, le=30 * 86_400,
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return [item.strip() for item in value]
 
 
 class EventSettings(_Group):
@@ -118,6 +147,25 @@ class SessionSettings(_Group):
         pattern=r"^(sqlite|memory|rediss?://.+)$",
     )
     max_upload_bytes: int = _key(1_000_000, "Largest file a chat may attach.", ge=1, le=1_000_000_000)
+    max_files: int = _key(10, "Files one conversation may attach.", ge=1, le=1000)
+    max_files_per_upload: int = _key(
+        10, "Files one upload request may carry; more are refused (400) before any is stored.", ge=1, le=1000
+    )
+
+
+class RateLimitSettings(_Group):
+    new_sessions_per_minute: int = _key(
+        120, "New sessions one client address may open per minute (0 = no limit).", ge=0, le=1_000_000
+    )
+    messages_per_minute: int = _key(
+        600, "Chat messages one client address may send per minute (0 = no limit).", ge=0, le=1_000_000
+    )
+    session_messages_per_minute: int = _key(
+        60, "Chat messages one session may send per minute (0 = no limit).", ge=0, le=1_000_000
+    )
+    exempt_loopback: bool = _key(
+        True, "Clients on this host (127.0.0.1, ::1: cmw loadtest, smoke, benches) are not rate-limited.",
+    )
 
 
 class LLMSettings(_Group):
@@ -135,10 +183,27 @@ class LLMSettings(_Group):
     )
 
 
+MIN_TOKEN_CHARS = 32
+
+
 class AdminSettings(_Group):
     token: SecretStr | None = _key(
-        None, "Bearer token of the admin API; empty = generated at start-up into the state dir.", "CMW_ADMIN_TOKEN"
+        None, f"Bearer token of the admin API (at least {MIN_TOKEN_CHARS} characters); empty = generated at start-up "
+        "into the state dir.", "CMW_ADMIN_TOKEN",
+        allowed=f"secret text of at least {MIN_TOKEN_CHARS} characters or empty",
     )
+    metrics_require_token: bool = _key(False, "Serve /metrics only with the admin token (Bearer), like /admin/api.")
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        length = len(value.get_secret_value()) if value is not None else 0
+        if 0 < length < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"too short ({length} characters, at least {MIN_TOKEN_CHARS} needed); leave it empty to have one "
+                "generated, or make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
 
 
 class SimSettings(_Group):
@@ -173,6 +238,9 @@ class Settings(BaseModel):
     events: EventSettings = Field(default_factory=EventSettings, description="Per-event concurrency.")
     stream: StreamSettings = Field(default_factory=StreamSettings, description="Streaming to the UI.")
     sessions: SessionSettings = Field(default_factory=SessionSettings, description="Browser sessions.")
+    rate_limits: RateLimitSettings = Field(
+        default_factory=RateLimitSettings, description="Per client address and per session, at the HTTP edge."
+    )
     llm: LLMSettings = Field(default_factory=LLMSettings, description="LLM provider.")
     admin: AdminSettings = Field(default_factory=AdminSettings, description="Admin API.")
     sim: SimSettings = Field(default_factory=SimSettings, description="Embedded OpenAI-compatible simulator.")
@@ -221,7 +289,8 @@ class KeySpec:
 
     @property
     def allowed(self) -> str:
-        return describe_allowed(self.field)
+        extra = self.field.json_schema_extra if isinstance(self.field.json_schema_extra, dict) else {}
+        return str(extra.get("allowed") or describe_allowed(self.field))
 
 
 def _type_name(annotation: Any) -> str:
@@ -337,8 +406,8 @@ class ConfigError(Exception):
 
 
 def _short(value: Any) -> str:
-    """repr() of a bad value, cut so one problem stays one readable line."""
-    text = repr(value)
+    """repr() of a bad value, cut so one problem stays one readable line; URL passwords masked."""
+    text = mask_url_passwords(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -480,12 +549,24 @@ class LoadedSettings:
         return out
 
 
+# scheme://user:PASSWORD@host: the password runs to the last "@" before the path (people leave "@" unescaped).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<password>[^/\s]*)@")
+
+
+def mask_url_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``redis://:********@host``): the one place
+    that hides passwords inside URLs, for ``cmw config show``, the admin API, banners, logs and errors."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+
+
 def display_value(value: Any, spec: KeySpec | None = None) -> Any:
-    """JSON-friendly value with secrets masked."""
+    """JSON-friendly value with secrets masked, passwords inside URLs included."""
     if isinstance(value, SecretStr) or (spec is not None and spec.secret and value is not None):
         return MASK
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str):
+        return mask_url_passwords(value)
     return value
 
 
@@ -522,7 +603,7 @@ def _parse_scalar(text: str) -> Any:
         return text  # `5\nx = 1` or `5 # five` is not the number 5: let validation say so
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError):  # ValueError: an integer too long for Python to convert
         return text
 
 
@@ -573,6 +654,9 @@ def _read_profile(path: Path) -> tuple[dict[str, Raw], list[Problem]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return {}, [Problem(_toml_error(path, exc))]
+    except ValueError:  # Python refuses to convert an integer of thousands of digits
+        return {}, [Problem(f"{path}: an integer with more than {sys.get_int_max_str_digits()} digits; "
+                            "no setting takes a number that large")]
     values: dict[str, Raw] = {}
     problems: list[Problem] = []
     for key, value in _flatten(data):
@@ -787,7 +871,7 @@ def profile_description(path: Path) -> str:
     """The free-text ``[profile] description`` of a profile file ('' when absent or unreadable)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError):  # TOMLDecodeError is a ValueError
         return ""
     table = data.get("profile")
     text = table.get("description") if isinstance(table, dict) else data.get("description")
@@ -866,7 +950,7 @@ def _explain(exc: ValidationError, merged: Mapping[str, Raw]) -> list[Problem]:
 
 
 def _reason(error: Any) -> str:
-    msg = str(error["msg"])
+    msg = str(error["msg"]).removeprefix("Value error, ")
     return msg[0].lower() + msg[1:] if msg else "invalid"
 
 

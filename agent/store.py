@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.settings import ConfigError, Problem, Settings
+from agent.settings import ConfigError, Problem, Settings, mask_url_passwords
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -279,14 +279,14 @@ class RedisStore:
 
         self.url = url
         self.prefix = prefix
-        self._shown = _masked_url(url)
+        self._shown = mask_url_passwords(url)
         self._seen: dict[str, float] = {}  # session id -> last_active this process last read or wrote
         self._seen_lock = threading.Lock()
         try:
             self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, decode_responses=True)
             self._redis.ping()
         except (redis.RedisError, ValueError) as exc:
-            raise StoreError(f"session store {self._shown}: cannot connect: {exc}") from None
+            raise StoreError(mask_url_passwords(f"session store {self._shown}: cannot connect: {exc}")) from None
         self._delete_script = self._redis.register_script(_DELETE_IF_NOT_NEWER)
 
     def _keys(self, session_id: str) -> tuple[str, str, str]:
@@ -395,18 +395,6 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
-
-
-def _masked_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def open_store(spec: str, state_dir: Path) -> SessionStore:

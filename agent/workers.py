@@ -325,15 +325,16 @@ def _banner(console: Any, loaded: LoadedSettings, url: str, workers: list[Worker
     from rich.table import Table
 
     from agent import __version__
-    from agent.store import _masked_url
+    from agent.server import provider_text
+    from agent.settings import mask_url_passwords
 
     settings = loaded.settings
     table = Table.grid(padding=(0, 2))
     table.add_row("URL", f"[bold]{url}[/]  (HAProxy, sticky per Gradio session)")
     table.add_row("workers", f"{len(workers)} on 127.0.0.1 ports {', '.join(str(w.port) for w in workers)}")
     table.add_row("profile", f"{loaded.profile_name} ({loaded.profile_path})")
-    table.add_row("store", _masked_url(settings.sessions.store))
-    table.add_row("provider", settings.llm.provider)
+    table.add_row("store", mask_url_passwords(settings.sessions.store))
+    table.add_row("provider", provider_text(settings, None))
     table.add_row("admin", f"{url.rstrip('/')}/admin/api/health")
     console.print(Panel(table, title=f"cmw {__version__}", expand=False))
     for warning in loaded.warnings:

@@ -17,6 +17,7 @@ from agent.settings import load_settings
 from tests.servers import RunningServer, cmw_server
 
 API_KEY = "sk-test-admin-0123456789abcdef"
+CONFIGURED = "configured-token-0123456789abcdef-xyz"
 FAST = ("sim.ttft_ms=5", "sim.tokens_per_second=2000", "sim.reply_tokens=5", "sim.jitter=0")
 ROUTES = [
     ("GET", "/admin/api/health"),
@@ -181,8 +182,8 @@ def test_no_response_or_log_line_carries_the_token_or_the_api_key(
 def test_configured_token_wins_and_removes_a_stale_generated_one(tmp_path: Path) -> None:
     stale = token_path(tmp_path)
     stale.write_text("old")
-    settings = load_settings(None, ["admin.token=configured-token"], environ={}, env_file=None).settings
-    assert admin_token(settings, tmp_path) == "configured-token"
+    settings = load_settings(None, [f"admin.token={CONFIGURED}"], environ={}, env_file=None).settings
+    assert admin_token(settings, tmp_path) == CONFIGURED
     assert not stale.exists()
 
 

@@ -102,6 +102,10 @@ def samples(spec: KeySpec) -> list[Any]:
         return [["sim"], ["openai"], ["custom"], ["openrouter"], ["sim", "custom"]]
     if spec.key == "sim.error_statuses":
         return [[401], [402], [403], [404], [405]]
+    if spec.key == "server.trusted_proxies":
+        return [["10.0.0.1"], ["10.0.0.0/8"], ["192.168.1.1", "::1"], ["fd00::/8"], ["172.16.0.9"]]
+    if spec.key == "admin.token":
+        return [f"token-{i}-{'x' * 32}" for i in range(5)]
     arm = arms[0]
     if typing.get_origin(arm) is typing.Literal:
         options = [o for o in typing.get_args(arm) if o != default]
@@ -625,3 +629,27 @@ def test_text_that_only_starts_with_a_number_is_not_that_number(settings_env: Pa
     with pytest.raises(ConfigError) as exc:
         load_settings(environ={"CHAT_CONCURRENCY_LIMIT": text})
     assert problems_of(exc)[0].startswith(f"events.chat_concurrency_limit = {text!r} (from env CHAT_CONCURRENCY_LIMIT)")
+
+
+@pytest.mark.parametrize("token", ["Zq7", "short-token", "a" * 31])
+def test_an_admin_token_shorter_than_32_characters_is_refused_without_showing_it(
+    settings_env: Path, token: str
+) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"CMW_ADMIN_TOKEN": token})
+    (problem,) = problems_of(exc)
+    assert problem.startswith("admin.token = ******** (from env CMW_ADMIN_TOKEN): too short")
+    assert token not in problem
+
+
+def test_an_admin_token_of_32_characters_or_none_is_accepted(settings_env: Path) -> None:
+    assert load_settings(environ={"CMW_ADMIN_TOKEN": "a" * 32}).settings.admin.token is not None
+    assert load_settings(environ={"CMW_ADMIN_TOKEN": ""}).settings.admin.token is None
+
+
+def test_trusted_proxies_take_addresses_and_networks_only(settings_env: Path) -> None:
+    loaded = load_settings(environ={"CMW_SERVER__TRUSTED_PROXIES": "10.0.0.1, 10.1.0.0/16,::1"})
+    assert loaded.settings.server.trusted_proxies == ["10.0.0.1", "10.1.0.0/16", "::1"]
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"CMW_SERVER__TRUSTED_PROXIES": "10.0.0.1,proxy.example"})
+    assert "'proxy.example' is not an IP address or CIDR network" in problems_of(exc)[0]

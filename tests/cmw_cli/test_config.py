@@ -20,7 +20,7 @@ from cmw_cli import config as config_commands
 from cmw_cli.main import app
 
 runner = CliRunner()
-SECRET = "sk-live-DO-NOT-PRINT-4f9a"
+SECRET = "sk-live-DO-NOT-PRINT-4f9a-0123456789"  # long enough for admin.token
 
 
 def cmw(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -233,6 +233,8 @@ bad_text = st.one_of(
     st.integers(min_value=-(10**12), max_value=-1).map(str),
     st.integers(min_value=10**7, max_value=10**15).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    # More digits than Python converts to an int (sys.get_int_max_str_digits(), 4300): tomllib raises ValueError.
+    st.integers(min_value=4301, max_value=6000).map(lambda digits: "7" * digits),
 )
 toml_values = st.one_of(
     bad_text,
@@ -272,6 +274,30 @@ def test_random_bad_toml_values_exit_2_without_traceback(settings_env: Path, key
     path = write(settings_env / "random.toml", tomli_w.dumps(document))
     assume(_rejected(profile=path, environ={}))
     assert_bad_input(cmw("config", "show", "-p", str(path)), f"(from {path}")
+
+
+HUGE = "7" * 5000  # past Python's int conversion limit (4300 digits)
+
+
+@pytest.mark.parametrize("source", ["env", "seed env", ".env", "--set", "profile", "list item"])
+def test_a_5000_digit_integer_from_any_source_is_one_line_and_exit_2(settings_env: Path, source: str) -> None:
+    args: list[str] = ["config", "show"]
+    env: dict[str, str] = {}
+    if source == "env":
+        env["CMW_EVENTS__CHAT_CONCURRENCY_LIMIT"] = HUGE
+    elif source == "seed env":
+        env["CHAT_CONCURRENCY_LIMIT"] = HUGE
+    elif source == ".env":
+        write(settings_env / ".env", f"CHAT_CONCURRENCY_LIMIT={HUGE}\n")
+    elif source == "--set":
+        args += ["--set", f"events.chat_concurrency_limit={HUGE}"]
+    elif source == "profile":
+        args += ["-p", str(write(settings_env / "huge.toml", f"[events]\nchat_concurrency_limit = {HUGE}\n"))]
+    else:
+        args += ["--set", f"sim.error_statuses=500,{HUGE}"]
+    lines = assert_bad_input(cmw(*args, env=env))
+    assert len(lines) == 1 and len(lines[0]) < 300, lines
+    assert "events.chat_concurrency_limit" in lines[0] or "sim.error_statuses" in lines[0] or "huge.toml" in lines[0]
 
 
 # --------------------------------------------------------------------------- profiles
@@ -493,6 +519,23 @@ def test_secrets_are_masked_in_every_output(settings_env: Path) -> None:
     assert shown["admin.token"]["value"] == MASK
     assert shown["llm.api_key"]["value"] == MASK
     assert shown["llm.openrouter_api_key"] == {**shown["llm.openrouter_api_key"], "value": MASK, "source": ".env"}
+
+
+def test_passwords_inside_urls_are_masked_in_show_table_and_json(settings_env: Path, wide: None) -> None:
+    env = {"CMW_SESSIONS__STORE": f"redis://:{SECRET}@redis.internal:6379/0",
+           "CMW_LLM__BASE_URL": f"http://user:{SECRET}@llm.internal:8000/v1"}
+    table = cmw("config", "show", env=env)
+    shown = json.loads(cmw("config", "show", "--json", env=env).stdout)
+    assert table.exit_code == 0 and SECRET not in table.output
+    assert shown["sessions.store"]["value"] == f"redis://:{MASK}@redis.internal:6379/0"
+    assert shown["llm.base_url"]["value"] == f"http://user:{MASK}@llm.internal:8000/v1"
+    assert f"redis://:{MASK}@redis.internal:6379/0" in table.stdout
+
+
+def test_a_password_in_a_bad_url_is_masked_in_the_error(settings_env: Path) -> None:
+    result = cmw("config", "show", env={"CMW_SESSIONS__STORE": f"postgres://admin:{SECRET}@db/x"})
+    assert_bad_input(result, "sessions.store")
+    assert SECRET not in result.output
 
 
 def test_a_bad_secret_is_reported_without_its_value(settings_env: Path) -> None:
