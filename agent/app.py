@@ -105,7 +105,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             yield shown(session.history), ""
             return
         if len(text) > MAX_MESSAGE_CHARS:  # the Textbox limit is the browser's; API clients are held to it here
-            raise gr.Error(f"Your message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.")
+            raise gr.Error(  # a client's mistake: the user sees why; no traceback in the server's log
+                f"Your message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.", print_exception=False
+            )
         async with session.lock:
             ctx.sessions.start_turn(session, text)
             ctx.metrics.turn_started(session.provider)

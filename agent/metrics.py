@@ -52,6 +52,10 @@ class AppMetrics:
             "cmw_reply_latency_seconds", "Time to generate a whole reply (completed turns).", ["provider"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        self.refused = Counter(
+            "cmw_requests_refused", "Requests refused at the HTTP edge, by reason (body_too_large, rate_new_sessions, "
+            "rate_messages, rate_session_messages, unknown_event, missing_inputs).", ["reason"], registry=self.registry,
+        )
         for provider in ctx.providers.offered:  # series exist from the start, so rate() sees the first turn
             self.turns_started.labels(provider)
             self.turns_completed.labels(provider)
@@ -63,6 +67,9 @@ class AppMetrics:
     def turn_started(self, provider: str) -> None:
         self.turns_started.labels(provider).inc()
         self.tally["started"] += 1
+
+    def request_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
 
     def turn_finished(self, provider: str, latency: float, ttft: float | None, error: str | None) -> None:
         if error is None:

@@ -145,6 +145,8 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
         # hold only the blocks each session touched (agent/gradio_state.py).
         raise HTTPException(404, "deep links are off in cmw")
 
+    ttl = settings.server.upload_cache_ttl_s
+    demo.delete_cache = (max(1, min(ttl, 3600) // 4), ttl)  # Gradio's cleanup of its upload cache (and on exit)
     app = gr.mount_gradio_app(
         api,
         demo,
@@ -163,6 +165,9 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     demo.has_launched = True
     use_lean_session_state(demo)
     _skip_login_check_thread_hop(app)
+    from agent.guard import RequestGuard
+
+    app.add_middleware(RequestGuard, settings=settings, fns=demo.fns, on_refused=ctx.metrics.request_refused)
     app.add_middleware(DrainMiddleware, ctx=ctx)
     ctx.startup_log.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} cmw {_version()} started")
     ctx.startup_log.append(f"profile {loaded.profile_name}; provider {settings.llm.provider}")
@@ -255,6 +260,7 @@ def serve(loaded: LoadedSettings, *, console: Any = None) -> int:
                 log_level="warning",
                 timeout_graceful_shutdown=2,
                 lifespan="on",
+                forwarded_allow_ips=settings.server.trusted_proxies,  # whose X-Forwarded-For names the client
             )
             server = DrainingServer(config, ctx, settings.server.shutdown_grace_s, console)
             server.run(sockets=[sock])

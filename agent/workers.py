@@ -468,8 +468,11 @@ def run_worker(loaded: LoadedSettings, sock: socket.socket, index: int, peers: l
         with _simulator(loaded) as sim_url:
             app, ctx = create_app(loaded, sim_base_url=sim_url, state_dir=state_dir)
             ctx.startup_log.append(f"worker {index} of {len(peers)} (pid {os.getpid()})")
+            # The supervisor's HAProxy (option forwardfor) reaches every worker from loopback: trust it.
+            trusted = [*loaded.settings.server.trusted_proxies, "127.0.0.1"]
             config = uvicorn.Config(PeerAdmin(app, ctx, index, peers), loop="uvloop", http="httptools", ws="none",
-                                    log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+                                    log_level="warning", timeout_graceful_shutdown=2, lifespan="on",
+                                    forwarded_allow_ips=trusted)
             server = DrainingServer(config, ctx, loaded.settings.server.shutdown_grace_s, console)
             console.print(f"worker {index} ready (pid {os.getpid()}, port {sock.getsockname()[1]})", highlight=False)
             server.run(sockets=[sock])
