@@ -150,9 +150,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     def attach(files: list[str] | None, request: gr.Request) -> str:
         session = ctx.session(request)
         notes = []
-        limit = ctx.settings.sessions.max_upload_bytes
+        limits = ctx.settings.sessions
         for name in files or []:
-            notes.append(attach_upload(ctx.sessions, session, Path(name), max_bytes=limit).message)
+            result = attach_upload(ctx.sessions, session, Path(name), max_bytes=limits.max_upload_bytes,
+                                   max_files=limits.max_files)
+            notes.append(result.message)
         return _files_markdown(session, notes)
 
     def set_provider(provider: str, request: gr.Request) -> str:

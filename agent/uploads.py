@@ -3,6 +3,7 @@
 Gradio stores an upload in its own cache and hands the handler a path. This module decides what the
 session gets from it:
 
+- **count**: at most ``sessions.max_files`` files per conversation (re-attaching a name replaces it);
 - **size**: at most ``sessions.max_upload_bytes`` (Gradio's ``max_file_size`` refuses bigger ones at the
   route already; the check here also holds when that route is not the way in);
 - **kind**: text only: a known text suffix (or none), no NUL byte, valid UTF-8; anything else is refused
@@ -109,6 +110,7 @@ def attach_upload(
     source: Path,
     *,
     max_bytes: int,
+    max_files: int,
     source_root: Path | None = None,
     original_name: str | None = None,
 ) -> UploadResult:
@@ -121,6 +123,9 @@ def attach_upload(
     root = (source_root or gradio_upload_root()).resolve()
     if not source.resolve().is_relative_to(root):
         return UploadResult(False, name, f"⚠️ {name}: not a file uploaded to this server; attach it again.")
+    if name not in session.files and len(session.files) >= max_files:
+        return UploadResult(False, name, f"⚠️ {name}: this conversation already has {len(session.files)} files, the "
+                            "limit (sessions.max_files); Clear the conversation to attach others.")
     try:
         size = source.stat().st_size
         data = read_limited(source, max_bytes) if size <= max_bytes else None

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,26 @@ def test_accepted_file_is_copied_privately_into_the_sessions_folder(tmp_path: Pa
     source = tmp_path / "in" / "notes.txt"
     source.parent.mkdir()
     source.write_text("hello")
-    result = attach_upload(sessions, session, source, max_bytes=LIMIT, source_root=tmp_path)
+    result = attach_upload(sessions, session, source, max_bytes=LIMIT, max_files=10, source_root=tmp_path)
     assert result.ok and result.path == sessions.upload_dir(session) / "notes.txt"
     assert result.path.read_text() == "hello"
     assert stat.S_IMODE(result.path.stat().st_mode) == 0o600
     assert session.files == {"notes.txt": "hello"}
+
+
+def test_files_beyond_the_sessions_cap_are_refused_with_a_message(tmp_path: Path) -> None:
+    sessions = manager(tmp_path / "uploads")
+    session = sessions.get_or_create("s1")
+    results = []
+    for n in range(4):
+        source = tmp_path / f"n{n}.txt"
+        source.write_text(f"note {n}")
+        results.append(attach_upload(sessions, session, source, max_bytes=LIMIT, max_files=3, source_root=tmp_path))
+    assert [r.ok for r in results] == [True, True, True, False]
+    assert "already has 3 files, the limit (sessions.max_files)" in results[3].message
+    again = attach_upload(sessions, session, tmp_path / "n0.txt", max_bytes=LIMIT, max_files=3, source_root=tmp_path)
+    assert again.ok  # the same name replaces its earlier copy: still 3 files
+    assert sorted(session.files) == ["n0.txt", "n1.txt", "n2.txt"]
 
 
 def test_a_file_over_the_limit_is_refused_and_not_copied(tmp_path: Path) -> None:
@@ -113,7 +129,7 @@ def test_a_file_over_the_limit_is_refused_and_not_copied(tmp_path: Path) -> None
     session = sessions.get_or_create("s1")
     big = tmp_path / "big.txt"
     big.write_text("a" * (LIMIT + 1))
-    result = attach_upload(sessions, session, big, max_bytes=LIMIT, source_root=tmp_path)
+    result = attach_upload(sessions, session, big, max_bytes=LIMIT, max_files=10, source_root=tmp_path)
     assert not result.ok and "over the 2,000-byte limit" in result.message
     assert session.files == {} and session.upload_dir is None
 
@@ -126,7 +142,7 @@ def test_a_symlink_planted_in_the_folder_is_never_written_through(tmp_path: Path
     (sessions.upload_dir(session) / "notes.txt").symlink_to(victim)
     source = tmp_path / "notes.txt"
     source.write_text("overwrite?")
-    result = attach_upload(sessions, session, source, max_bytes=LIMIT, source_root=tmp_path)
+    result = attach_upload(sessions, session, source, max_bytes=LIMIT, max_files=10, source_root=tmp_path)
     assert not result.ok and "could not be stored" in result.message
     assert victim.read_text() == "untouched"
 
@@ -139,7 +155,7 @@ def test_only_files_inside_the_upload_cache_are_read(tmp_path: Path) -> None:
     outside.write_text("classified")
     (cache / "link.txt").symlink_to(outside)
     for source in (outside, cache / "link.txt", cache / ".." / "secret.txt"):
-        result = attach_upload(sessions, session, source, max_bytes=LIMIT, source_root=cache)
+        result = attach_upload(sessions, session, source, max_bytes=LIMIT, max_files=10, source_root=cache)
         assert not result.ok and "not a file uploaded to this server" in result.message
     assert session.files == {}
 
@@ -150,7 +166,7 @@ def test_the_sessions_folder_goes_when_the_session_ends(tmp_path: Path, ending: 
     session = sessions.get_or_create("s1")
     source = tmp_path / "notes.txt"
     source.write_text("bye")
-    copy = attach_upload(sessions, session, source, max_bytes=LIMIT, source_root=tmp_path).path
+    copy = attach_upload(sessions, session, source, max_bytes=LIMIT, max_files=10, source_root=tmp_path).path
     assert copy is not None
     folder = copy.parent
     if ending == "kill":
@@ -163,10 +179,28 @@ def test_the_sessions_folder_goes_when_the_session_ends(tmp_path: Path, ending: 
 # ---------------------------------------------------------------------------- through the real server
 
 
+MAX_FILES = 3
+PER_UPLOAD = 4
+CACHE_TTL_S = 5
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with cmw_server(tmp_path_factory.mktemp("uploads"), f"sessions.max_upload_bytes={LIMIT}") as running:
+    tmp = tmp_path_factory.mktemp("uploads")
+    caps = (f"sessions.max_upload_bytes={LIMIT}", f"sessions.max_files={MAX_FILES}",
+            f"sessions.max_files_per_upload={PER_UPLOAD}", f"server.upload_cache_ttl_s={CACHE_TTL_S}")
+    with cmw_server(tmp, *caps, env={"GRADIO_TEMP_DIR": str(tmp / "gradio-cache")}) as running:
         yield running
+
+
+def cached_files(server: RunningServer) -> set[Path]:
+    """The files in the server's Gradio upload cache."""
+    return {p for p in (server.state_dir.parent / "gradio-cache").rglob("*") if p.is_file()}
+
+
+def upload_raw(server: RunningServer, count: int, size: int = 10) -> httpx.Response:
+    files = [("files", (f"f{n}.txt", f"{n}".encode() * size, "text/plain")) for n in range(count)]
+    return httpx.post(f"{server.url}/gradio_api/upload", files=files, timeout=30)
 
 
 def upload_folder(server: RunningServer, session_id: str) -> Path:
@@ -286,3 +320,42 @@ def attach_raw(server: RunningServer, file_value: dict[str, Any]) -> list[dict[s
                 if message.get("msg") in ("process_completed", "close_stream", "unexpected_error"):
                     break
     return messages
+
+
+def test_server_attaches_at_most_max_files_per_conversation(server: RunningServer, tmp_path: Path) -> None:
+    notes = []
+    for n in range(MAX_FILES + 1):
+        notes.append(tmp_path / f"note{n}.txt")
+        notes[-1].write_text(f"note {n}")
+    user = Client(server.url, verbose=False)
+    info = attach(user, *notes)
+    assert all(f"note{n}.txt attached" in info for n in range(MAX_FILES))
+    assert f"note{MAX_FILES}.txt: this conversation already has {MAX_FILES} files" in info
+    assert not (upload_folder(server, user.session_hash) / f"note{MAX_FILES}.txt").exists()
+
+
+def test_an_upload_of_too_many_files_is_refused_and_leaves_nothing_in_the_cache(server: RunningServer) -> None:
+    before = cached_files(server)
+    refused = upload_raw(server, PER_UPLOAD + 1)
+    assert refused.status_code == 400
+    assert f"Too many files in one upload: at most {PER_UPLOAD} (sessions.max_files_per_upload)" in refused.text
+    assert cached_files(server) <= before  # Gradio deleted the parts it had begun
+    accepted = upload_raw(server, PER_UPLOAD)
+    assert accepted.status_code == 200 and len(accepted.json()) == PER_UPLOAD
+
+
+def test_an_upload_larger_than_its_files_can_be_is_refused_before_it_is_read(server: RunningServer) -> None:
+    files = [("files", ("big.txt", b"a" * (PER_UPLOAD * (LIMIT + 20_000)), "text/plain"))]
+    response = httpx.post(f"{server.url}/gradio_api/upload", files=files, timeout=30)
+    assert response.status_code == 413
+    assert f"{PER_UPLOAD} files of sessions.max_upload_bytes" in response.text  # cmw's cap, before Gradio's own
+
+
+def test_gradio_deletes_uploads_older_than_the_cache_ttl(server: RunningServer) -> None:
+    (uploaded,) = upload_raw(server, 1).json()
+    path = Path(uploaded)
+    assert path.is_file()
+    deadline = time.monotonic() + CACHE_TTL_S + 30
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not path.exists(), f"{path} still cached {CACHE_TTL_S + 30} s after the upload"
