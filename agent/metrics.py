@@ -5,11 +5,11 @@ tests and benchmarks can build several apps in one process. Turn counters and la
 fed by the chat handler; queue and session figures are read live from the app at scrape time, so
 they are never stale and cost nothing between scrapes.
 
-``/metrics`` needs no token, deliberately: Prometheus scrapers expect a plain endpoint, and it holds
-only aggregate counts and timings labelled by provider, error class and event name — no session ids,
-no model names (free text a user types), no conversation text and no secrets. The server binds
-loopback by default; exposing it beyond that is a job for the reverse proxy in front of it, as for
-the Gradio UI itself.
+``/metrics`` needs no token by default (``admin.metrics_require_token`` makes it need the admin token):
+Prometheus scrapers expect a plain endpoint, and it holds only aggregate counts and timings labelled by
+provider, error class and event name — no session ids, no model names (free text a user types), no
+conversation text and no secrets. The server binds loopback by default; exposing it beyond that is a job for
+the reverse proxy in front of it, as for the Gradio UI itself.
 
 No ``from __future__ import annotations``: FastAPI resolves the route's annotations at runtime.
 """
@@ -130,11 +130,11 @@ class LiveCollector(Collector):
                                   value=counts["store_errors"])
 
 
-def metrics_router(ctx: "AppContext") -> Any:
-    """A FastAPI router serving ``GET /metrics`` (no token: see the module docstring)."""
-    from fastapi import APIRouter, Response
+def metrics_router(ctx: "AppContext", require_token: Any = None) -> Any:
+    """A FastAPI router serving ``GET /metrics``, behind ``require_token`` when one is given."""
+    from fastapi import APIRouter, Depends, Response
 
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(require_token)] if require_token is not None else [])
 
     @router.get("/metrics", tags=["metrics"], response_class=Response)
     async def metrics() -> Response:

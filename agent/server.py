@@ -126,17 +126,15 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
                 sweeper.cancel()
             sessions.close()
 
-    api = FastAPI(title="cmw", version=_version(), lifespan=lifespan, docs_url="/admin/docs", redoc_url=None,
+    api = FastAPI(title="cmw", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/admin/openapi.json")
-    try:
-        from agent.admin import admin_router
-    except ImportError:  # the admin API arrives with its own module
-        admin_router = None
-    if admin_router is not None:
-        api.include_router(admin_router(ctx, state_dir))
+    from agent.admin import admin_router, admin_token, docs_router, token_dependency
     from agent.metrics import metrics_router
 
-    api.include_router(metrics_router(ctx))
+    require_token = token_dependency(admin_token(settings, state_dir))
+    api.include_router(admin_router(ctx, require_token))
+    api.include_router(docs_router("cmw"))
+    api.include_router(metrics_router(ctx, require_token if settings.admin.metrics_require_token else None))
 
     @api.get("/gradio_api/deep_link", include_in_schema=False)
     def no_deep_links() -> None:

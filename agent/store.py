@@ -11,6 +11,7 @@ reader never sees half a turn.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -431,4 +432,22 @@ def state_dir(settings: Settings, environ: Mapping[str, str] | None = None) -> P
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise StoreError(f"state directory {path}: cannot create: {exc.strerror} (set server.state_dir)") from None
+    return private_dir(path)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` once it is ours and 0700: another user's directory is refused, a looser mode is tightened.
+
+    It holds the admin token and every conversation. A directory someone else owns could be swapped or read
+    under us, so cmw will not use it; one of ours that others may read is ours to fix, and is said so.
+    """
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise StoreError(f"state directory {path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()}); "
+                         "use a directory of your own (server.state_dir)")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+        logging.getLogger("cmw.store").warning(
+            "state directory %s was open to other users (mode %o); made it 0700", path, info.st_mode & 0o777
+        )
     return path

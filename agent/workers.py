@@ -347,11 +347,12 @@ def _banner(console: Any, loaded: LoadedSettings, url: str, workers: list[Worker
 class PeerAdmin:
     """ASGI wrapper: ``GET /admin/api/sessions`` and ``/queue`` answer for every worker, asked over loopback."""
 
-    def __init__(self, app: Any, ctx: Any, index: int, peers: list[int]):
+    def __init__(self, app: Any, ctx: Any, index: int, peers: list[int], token: str):
         self.app = app
         self.ctx = ctx
         self.index = index
         self.peers = peers
+        self.token = token  # checked here, before any peer is asked: a stranger's request costs one answer
         self._client: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -360,6 +361,13 @@ class PeerAdmin:
         ):
             headers = dict(scope.get("headers") or [])
             if LOCAL_HEADER.encode() not in headers:
+                from agent.admin import token_refusal
+
+                authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+                refusal = token_refusal(authorization, self.token)
+                if refusal is not None:
+                    await self.app(scope, receive, send)  # the admin API's own 401/403, as one worker answers
+                    return
                 await self._aggregate(scope["path"].rstrip("/").rsplit("/", 1)[-1], headers, send)
                 return
         await self.app(scope, receive, send)
@@ -457,6 +465,7 @@ def run_worker(loaded: LoadedSettings, sock: socket.socket, index: int, peers: l
     import uvicorn
     from rich.console import Console
 
+    from agent.admin import admin_token
     from agent.server import DrainingServer, _simulator, create_app
     from agent.store import RedisStore, StoreError
     from agent.store import state_dir as resolve_state_dir
@@ -470,7 +479,8 @@ def run_worker(loaded: LoadedSettings, sock: socket.socket, index: int, peers: l
             ctx.startup_log.append(f"worker {index} of {len(peers)} (pid {os.getpid()})")
             # The supervisor's HAProxy (option forwardfor) reaches every worker from loopback: trust it.
             trusted = [*loaded.settings.server.trusted_proxies, "127.0.0.1"]
-            config = uvicorn.Config(PeerAdmin(app, ctx, index, peers), loop="uvloop", http="httptools", ws="none",
+            peer_admin = PeerAdmin(app, ctx, index, peers, admin_token(loaded.settings, state_dir))
+            config = uvicorn.Config(peer_admin, loop="uvloop", http="httptools", ws="none",
                                     log_level="warning", timeout_graceful_shutdown=2, lifespan="on",
                                     forwarded_allow_ips=trusted)
             server = DrainingServer(config, ctx, loaded.settings.server.shutdown_grace_s, console)

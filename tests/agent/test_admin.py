@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.admin import admin_token, token_path
 from agent.settings import load_settings
+from agent.store import StoreError, state_dir
 from tests.servers import RunningServer, cmw_server
 
 API_KEY = "sk-test-admin-0123456789abcdef"
@@ -195,3 +197,84 @@ def test_generated_token_is_kept_across_restarts_unless_others_can_read_it(tmp_p
     replaced = admin_token(settings, tmp_path)
     assert replaced != first
     assert stat.S_IMODE(token_path(tmp_path).stat().st_mode) == 0o600
+
+
+# --------------------------------------------------------------------------- the edges of the admin API
+
+
+def test_the_liveness_probe_needs_no_token_and_says_only_ok(server: RunningServer) -> None:
+    response = httpx.get(f"{server.url}/admin/api/live", timeout=10)
+    assert response.status_code == 200 and response.text == "ok"
+
+
+def test_admin_docs_serve_swagger_ui_from_this_server_only(server: RunningServer) -> None:
+    page = httpx.get(f"{server.url}/admin/docs", timeout=10)
+    assert page.status_code == 200
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    linked = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)""", page.text)
+    linked += re.findall(r"""url:\s*['"]([^'"]+)""", page.text)
+    assert linked and not [url for url in linked if "//" in url], linked  # nothing from another origin
+    for asset in ("docs/swagger-ui-bundle.js", "docs/swagger-ui.css", "docs/favicon.png", "openapi.json"):
+        assert asset in linked
+        served = httpx.get(f"{server.url}/admin/{asset}", timeout=10)
+        assert served.status_code == 200 and len(served.content) > 1000, asset
+    assert httpx.get(f"{server.url}/admin/docs/..%2Fadmin.token", timeout=10).status_code == 404
+
+
+def test_a_planted_symlink_is_never_written_through_or_read_as_the_token(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.chmod(victim, 0o600)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / f".admin.token.{os.getpid()}").symlink_to(victim)  # where the token is first written
+    token_path(state).symlink_to(victim)  # and where it ends up
+    settings = load_settings(None, [], environ={}, env_file=None).settings
+    token = admin_token(settings, state)
+    assert victim.read_text() == "precious" and token != "precious"
+    assert not token_path(state).is_symlink() and token_path(state).read_text().strip() == token
+
+
+def test_a_state_dir_open_to_others_is_made_0700_and_one_of_another_user_refused(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    os.chmod(open_dir, 0o755)
+    settings = load_settings(None, [f"server.state_dir={open_dir}"], environ={}, env_file=None).settings
+    assert state_dir(settings) == open_dir
+    assert stat.S_IMODE(open_dir.stat().st_mode) == 0o700
+    if os.getuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 54321, -1)
+    settings = load_settings(None, [f"server.state_dir={theirs}"], environ={}, env_file=None).settings
+    with pytest.raises(StoreError, match="belongs to uid 54321, not to this user"):
+        state_dir(settings)
+
+
+PASSWORD = "pw-DO-NOT-SHOW-31337"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """/metrics behind the token; a custom provider whose URL carries a password."""
+    overrides = ("admin.metrics_require_token=true", "llm.provider=custom", "llm.providers=custom",
+                 f"llm.base_url=http://user:{PASSWORD}@127.0.0.1:9/v1")
+    with cmw_server(tmp_path_factory.mktemp("guarded"), *FAST, *overrides) as running:
+        yield running
+
+
+def test_metrics_can_require_the_admin_token(guarded: RunningServer) -> None:
+    token = token_path(guarded.state_dir).read_text().strip()
+    assert httpx.get(f"{guarded.url}/metrics", timeout=10).status_code == 401
+    assert httpx.get(f"{guarded.url}/metrics", headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 403
+    scraped = httpx.get(f"{guarded.url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert scraped.status_code == 200 and "cmw_queue_limit" in scraped.text
+
+
+def test_a_password_in_a_url_is_masked_in_the_banner_and_the_admin_config(guarded: RunningServer) -> None:
+    token = token_path(guarded.state_dir).read_text().strip()
+    config = httpx.get(f"{guarded.url}/admin/api/config", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert config.json()["llm.base_url"]["value"] == "http://user:********@127.0.0.1:9/v1"
+    assert PASSWORD not in config.text
+    assert "http://user:********@127.0.0.1:9/v1" in guarded.log() and PASSWORD not in guarded.log()

@@ -291,3 +291,37 @@ def test_sigterm_stops_every_process(stack: RunningServer) -> None:
     gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, f"left running: {alive}"
     assert "cmw stopped" in stack.log()
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", "Basic x"])
+def test_the_fan_out_asks_no_peer_without_the_admin_token(authorization: str | None) -> None:
+    """A tokenless (or wrong-token) request gets the admin API's own refusal; no worker is asked."""
+    import socket
+
+    from agent.workers import PeerAdmin
+
+    peer = socket.socket()
+    peer.bind(("127.0.0.1", 0))
+    peer.listen(8)
+    peer.setblocking(False)
+    answered: list[int] = []
+
+    async def admin_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        answered.append(1)
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"detail": "missing admin token"}'})
+
+    fan_out = PeerAdmin(admin_api, ctx=None, index=0, peers=[peer.getsockname()[1]], token="t" * 40)
+
+    async def ask() -> int:
+        transport = httpx.ASGITransport(app=fan_out)
+        headers = {"Authorization": authorization} if authorization else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://w", timeout=3) as client:
+            return (await client.get("/admin/api/sessions", headers=headers)).status_code
+
+    try:
+        assert asyncio.run(ask()) == 401 and answered == [1]
+        with pytest.raises(BlockingIOError):
+            peer.accept()  # nobody connected to the peer
+    finally:
+        peer.close()
