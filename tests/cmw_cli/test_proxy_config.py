@@ -60,6 +60,45 @@ def test_bad_upstreams_are_exit_2_with_one_line(args: list[str], message: str) -
     assert "Traceback" not in result.output
 
 
+INJECTED = "\n    stats enable\n    stats uri /haproxy-stats\n    #"  # the "#" comments out the port cmw appends
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-u", "http://127.0.0.1:7860", "--bind", f"0.0.0.0:8080{INJECTED}"],
+        ["-u", "http://127.0.0.1:7860", "--bind", "0.0.0.0 ssl crt /etc/shadow"],
+        ["-u", "http://127.0.0.1:7860", "--bind", "0.0.0.0\x00"],
+        ["-u", f"http://127.0.0.1{INJECTED}:7860"],
+        ["-u", "http://host name:7860"],
+        ["-u", "http://127.0.0.1:7860\tbackup"],
+        ["-u", "http://bad$host:7860"],
+    ],
+)
+def test_whitespace_or_control_characters_in_hosts_or_bind_are_exit_2(tmp_path: Path, args: list[str]) -> None:
+    out = tmp_path / "haproxy.cfg"
+    result = runner.invoke(app, ["proxy-config", *args, "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not out.exists()
+
+
+@needs_haproxy
+def test_an_injected_directive_never_reaches_haproxy(tmp_path: Path) -> None:
+    """Before the check, `haproxy -c` accepted the config with the injected stats page; now none is written."""
+    out = tmp_path / "haproxy.cfg"
+    result = runner.invoke(app, ["proxy-config", "-u", "http://127.0.0.1:7860", "--bind", f"0.0.0.0:8080{INJECTED}",
+                                 "-o", str(out)])
+    assert result.exit_code == 2 and not out.exists()
+    honest = runner.invoke(app, ["proxy-config", "-u", "http://127.0.0.1:7860", "-u", "http://app-2.internal:7860",
+                                 "--bind", "::", "-o", str(out)])
+    assert honest.exit_code == 0, honest.output
+    assert "stats" not in out.read_text()
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(out)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_upstream_is_required() -> None:
     result = runner.invoke(app, ["proxy-config"])
     assert result.exit_code == 2
