@@ -34,6 +34,8 @@ from typing import Any
 import httpx
 import psutil
 
+from agent.loadtest.spawn import sigterm_as_interrupt
+
 CMW = [sys.executable, "-m", "cmw_cli.main"]
 
 
@@ -57,18 +59,20 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float 
 
 @contextlib.contextmanager
 def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    """Run ``cmd`` for the block; SIGTERM to the bench stops it as Ctrl-C does (no orphans)."""
+    with sigterm_as_interrupt():
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
 
 
 def tree_cpu(pid: int) -> dict[str, float]:

@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
@@ -95,8 +97,12 @@ def run_server(
     stop_timeout: float = 20.0,
     name: str = "the server",
 ) -> Iterator[SpawnedServer]:
-    """Run any HTTP server command until the block ends: ready when ``GET {url}/`` answers, stopped by PID."""
-    with tempfile.TemporaryDirectory(prefix="cmw-loadtest-log-") as logdir:
+    """Run any HTTP server command until the block ends: ready when ``GET {url}/`` answers, stopped by PID.
+
+    SIGTERM to this process is taken as Ctrl-C while the server runs, so ``timeout``, CI or a supervisor
+    ending the command stops the server too, instead of leaving it (and its simulator) orphaned.
+    """
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="cmw-loadtest-log-") as logdir:
         log_path = Path(logdir) / "server.log"
         with open(log_path, "wb") as log:
             # A session of its own: Ctrl-C in the terminal reaches us, and we stop it in order.
@@ -109,6 +115,26 @@ def run_server(
             yield server
         finally:
             stop(process, stop_timeout)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM does what Ctrl-C does (blocks unwind, servers stop); outside the main
+    thread there is no handler to install, and the caller's own handling stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job: Ctrl-C would do nothing
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)  # reaches an event loop's SIGINT handler, or raises KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wait_ready(server: SpawnedServer, timeout: float, name: str) -> None:
@@ -138,6 +164,11 @@ def stop(process: subprocess.Popen[bytes], timeout: float) -> None:
         process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout)
+    except KeyboardInterrupt:  # asked again while it drains: stop it now, then go on stopping
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+        raise
     except subprocess.TimeoutExpired:
         # Its own process group (start_new_session): the simulator it started goes with it.
         with contextlib.suppress(ProcessLookupError):

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -63,3 +70,42 @@ def test_compare_orders_profiles_by_their_chat_limits() -> None:
         assert meta["admin"]["chat_limit"] == limit
         assert meta["admin"]["samples"] >= 1
         assert meta["admin"]["peak"]["chat"]["running"] <= limit  # the server never ran more chats than allowed
+
+
+def _spawned_stack(command: psutil.Process, deadline: float) -> tuple[psutil.Process, list[psutil.Process], str]:
+    """The `cmw serve` the command started, everything under it (the simulator), and the server's URL."""
+    while time.monotonic() < deadline:
+        serve = next((p for p in command.children() if "serve" in p.cmdline()), None)
+        if serve is not None:
+            port = serve.cmdline()[serve.cmdline().index("--port") + 1]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://{HOST}:{port}/config", timeout=2).status_code == 200:
+                    return serve, serve.children(recursive=True), f"http://{HOST}:{port}"
+        time.sleep(0.2)
+    raise AssertionError("the spawned server never answered")
+
+
+@pytest.mark.parametrize("command", [["loadtest", "--spawn", "--users", "2", "--duration", "600"], ["smoke"]])
+def test_sigterm_to_a_command_that_spawned_a_server_stops_the_server_and_its_simulator(
+    tmp_path: Path, command: list[str]
+) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "cmw_cli.main", *command, "-p", "constrained", *FAST_SIM],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    stack: list[psutil.Process] = []
+    try:
+        serve, simulator, url = _spawned_stack(psutil.Process(proc.pid), time.monotonic() + 120)
+        stack = [serve, *simulator]
+        assert simulator, "cmw serve with the sim provider runs a simulator process"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        _gone, alive = psutil.wait_procs(stack, timeout=30)
+        assert not alive, [p.pid for p in alive]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/config", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for leftover in stack:  # orphaned if the command died without stopping them
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        proc.wait(10)
