@@ -23,10 +23,10 @@ def proxy_config(
 
     Every worker must use the same Redis store (sessions.store = "redis://...") so a session survives
     its worker's restart, and the same admin token, and list this proxy's address in
-    server.trusted_proxies (the proxy forwards each client's address for the per-client rate limits). Routing hashes the Gradio session hash, found in the
-    join body, the event-stream query and the heartbeat path, so it is sticky for browsers,
-    gradio_client and raw-protocol clients alike; a host that fails its health check hands its sessions
-    to the others (consistent hashing moves only those).
+    server.trusted_proxies (the proxy forwards each client's address for the per-client rate limits).
+    Routing hashes the Gradio session hash, found in the join body, the event-stream query and the
+    heartbeat path, so it is sticky for browsers, gradio_client and raw-protocol clients alike; a host
+    that fails its health check hands its sessions to the others (consistent hashing moves only those).
 
     \b
     Example usage:
