@@ -169,5 +169,5 @@ def test_preload_off_restores_lazily(store: RedisStore, monkeypatch: pytest.Monk
 
 
 def test_unreachable_redis_is_a_store_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match=r"redis://u:\*\*\*@127\.0\.0\.1:\d+/0: cannot connect"):
+    with pytest.raises(StoreError, match=r"redis://u:\*{8}@127\.0\.0\.1:\d+/0: cannot connect"):
         RedisStore(f"redis://u:secret@127.0.0.1:{_free_port()}/0")
