@@ -446,7 +446,11 @@ def private_dir(path: Path) -> Path:
         raise StoreError(f"state directory {path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()}); "
                          "use a directory of your own (server.state_dir)")
     if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise StoreError(f"state directory {path} is open to other users and cannot be made 0700: "
+                             f"{exc.strerror}") from None
         logging.getLogger("cmw.store").warning(
             "state directory %s was open to other users (mode %o); made it 0700", path, info.st_mode & 0o777
         )
