@@ -79,6 +79,8 @@ def test_a_30_mb_join_is_413_before_anything_is_queued(server: RunningServer, ad
     assert "over the 262,144-byte limit (server.max_request_bytes)" in response.json()["detail"]
     assert queue_figures(admin) == before
     assert victim not in session_ids(admin) and session_ids(admin) == sessions_before
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'cmw_requests_refused_total{reason="body_too_large"}' in metrics
 
 
 def test_a_chunked_30_mb_join_without_content_length_is_413_too(server: RunningServer, admin: httpx.Client,
