@@ -238,3 +238,20 @@ def wait_for_queue(server: RunningServer, condition: Callable[[dict[str, Any]], 
                 return
             time.sleep(0.02)  # poll interval
     raise AssertionError(f"the queue never reached the expected state within {bound_s} s: {queue}")
+
+
+def test_admin_docs_render_from_this_server_alone_under_its_csp(browser: Any, server: RunningServer) -> None:
+    """Swagger UI, where the admin token is typed, loads nothing from another origin and breaks no CSP rule."""
+    page = browser.new_context().new_page()
+    requested: list[str] = []
+    problems: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    try:
+        page.goto(f"{server.url}/admin/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("cmw", timeout=WAIT_MS)
+        expect(page.locator(".opblock").first).to_be_visible(timeout=WAIT_MS)
+        assert requested and all(url.startswith(server.url + "/admin/") for url in requested), requested
+        assert not problems, problems
+    finally:
+        page.context.close()
