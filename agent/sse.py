@@ -11,7 +11,7 @@ token by every reply in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -24,8 +24,7 @@ class EventTooLarge(Exception):
         self.limit = limit
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One dispatched event: its data (``data:`` lines joined by LF) and its type (b"" = message)."""
 
     data: bytes
@@ -61,25 +60,23 @@ class SSEDecoder:
             # an LF opening the next piece is then the rest of that CRLF.
             self._after_cr = piece.endswith(b"\r")
             piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + piece if self._buffer else piece
-        if b"\n\n" not in buffer:
-            self._buffer = self._bounded(buffer)
-            return []
-        *blocks, rest = buffer.split(b"\n\n")
-        self._buffer = self._bounded(rest)
+        if self._buffer:
+            piece = self._buffer + piece
+        *blocks, rest = piece.split(b"\n\n")
+        limit = self.max_event_bytes
+        if len(rest) > limit:
+            raise EventTooLarge(limit)
+        self._buffer = rest
         events = []
         for block in blocks:
-            if len(block) > self.max_event_bytes:
-                raise EventTooLarge(self.max_event_bytes)
-            event = parse_block(block)
-            if event is not None:
+            if len(block) > limit:
+                raise EventTooLarge(limit)
+            if block.startswith(b"data: ") and b"\n" not in block:  # the common case, one data line
+                if len(block) > 6:
+                    events.append(Event(block[6:]))
+            elif (event := parse_block(block)) is not None:
                 events.append(event)
         return events
-
-    def _bounded(self, unfinished: bytes) -> bytes:
-        if len(unfinished) > self.max_event_bytes:
-            raise EventTooLarge(self.max_event_bytes)
-        return unfinished
 
 
 def parse_block(block: bytes) -> Event | None:
