@@ -86,7 +86,7 @@ def build_app(server: LLMServer) -> Starlette:
         server.attempts[model] += 1
         if kind == "status":
             key = request.headers.get("authorization", "")
-            message = f"Incorrect API key provided: {key}. Traceback at {SERVER_PATH}"
+            message = f"Incorrect API key provided: {key}. Raised in {SERVER_PATH}"
             return JSONResponse({"error": {"message": message, "type": "server_error"}}, status_code=int(arg))
         if kind == "retry":
             count, _, header = arg.partition(":")

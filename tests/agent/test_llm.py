@@ -169,10 +169,10 @@ async def test_a_429_is_retried_no_sooner_than_the_provider_asks(server: LLMServ
 @same_loop
 async def test_a_wait_longer_than_the_retry_cap_fails_the_turn_at_once(server: LLMServer) -> None:
     model = "retry:1:retry-after=3600"
-    started = time.monotonic()
+    assert MAX_RETRY_WAIT_S < 3600
     _, error, _ = await reply(providers(server.base_url, max_retries=2), model)
     assert error is not None and "HTTP 429" in error.message
-    assert server.attempts[model] == 1 and time.monotonic() - started < MAX_RETRY_WAIT_S
+    assert server.attempts[model] == 1  # not retried: an hour's wait is not waited out
 
 
 def test_retry_delays_honour_the_headers_with_jitter_and_bounds() -> None:

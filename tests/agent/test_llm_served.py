@@ -49,6 +49,12 @@ def served(tmp_path_factory: pytest.TempPathFactory, llm: LLMServer) -> Iterator
         env={"OPENAI_API_KEY": OPENAI_KEY, "CMW_LLM__CUSTOM_API_KEY": CUSTOM_KEY},
     ) as running:
         yield running
+        # Every misbehaviour was a turn's failure, never the server's. (Gradio itself logs a traceback for
+        # each value its Dropdown refuses: the not-offered providers sent above.)
+        assert running.proc.poll() is None
+        log = running.log()
+        refused = log.count('gradio.exceptions.Error: "Value: ')
+        assert log.count("Traceback") == refused, log[log.find("Traceback") - 300:][:4000]
 
 
 class Browser:
