@@ -109,11 +109,16 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 f"Your message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.", print_exception=False
             )
         async with session.lock:
+            _use_offered_model(ctx, session)
             ctx.sessions.start_turn(session, text)
             ctx.metrics.turn_started(session.provider)
             messages = _llm_messages(session)
             session.log.append((time.time(), f"chat: turn {session.turns + 1} started ({session.provider})"))
-            stream = ReplyStream(ctx.providers.stream(session.provider, session.model, messages), ctx.pacer)
+            llm = ctx.settings.llm
+            stream = ReplyStream(
+                ctx.providers.stream(session.provider, session.model, messages), ctx.pacer,
+                max_chars=llm.max_reply_chars, deadline_s=llm.reply_deadline_s,
+            )
             stream.start()  # the LLM request goes out while the UI shows the user's message
             error = None
             ctx.in_flight += 1
@@ -165,12 +170,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         session.log.append((time.time(), f"provider set to {provider} / {session.model}"))
         return session.model
 
-    def set_model(model: str, request: gr.Request) -> None:
+    def set_model(model: str, request: gr.Request) -> str:
+        """Any client may send any name: only a model ``llm.models`` allows is taken; the box shows what is used."""
         session = ctx.session(request)
-        model = (model or "").strip()
-        if model:
-            ctx.sessions.set_model(session, session.provider, model[:200])
+        model = (model or "").strip()[:200]
+        if model != session.model and ctx.providers.allows(session.provider, model):
+            ctx.sessions.set_model(session, session.provider, model)
             session.log.append((time.time(), f"model set to {session.model}"))
+        return session.model
 
     def clear(request: gr.Request) -> tuple[list[dict[str, Any]], str]:
         session = ctx.session(request)
@@ -233,7 +240,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             attach, [files], [files_info], api_visibility="undocumented", **event_options(settings, "file_upload")
         )
         provider.change(set_provider, [provider], [model], api_visibility="undocumented")
-        model.blur(set_model, [model], None, api_visibility="undocumented")
+        model.blur(set_model, [model], [model], api_visibility="undocumented")
         stats_event = stats_btn.click(
             stats, None, [stats_view], api_visibility="undocumented", **event_options(settings, "stats_refresh")
         )
@@ -253,6 +260,15 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         demo, dict(zip(EVENTS, (chat_event, upload, stats_event, logs_event), strict=True))
     )
     return demo
+
+
+def _use_offered_model(ctx: AppContext, session: Session) -> None:
+    """Hold the session to a provider and model this configuration offers (a restored one may predate it)."""
+    provider, model = ctx.providers.choice(session.provider, session.model)
+    if (provider, model) != (session.provider, session.model):
+        session.log.append((time.time(), f"{session.provider} / {session.model} is not offered: using {provider} / "
+                                         f"{model}"))
+        ctx.sessions.set_model(session, provider, model)
 
 
 def _finish(ctx: AppContext, session: Session, reply: str, stream: ReplyStream, error: str | None) -> None:

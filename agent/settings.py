@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 MASK = "********"
@@ -131,10 +131,6 @@ class StreamSettings(_Group):
         250.0, "Budget of streamed UI updates per second across all replies; under load each reply updates "
         "less often instead of saturating the server.", gt=0, le=100_000,
     )
-    client: Literal["raw", "openai", "langchain"] = _key(
-        "raw", "How replies are read from the provider: raw SSE on the HTTP client ChatOpenAI holds (cheapest), "
-        "its openai client, or langchain astream.",
-    )
 
 
 class SessionSettings(_Group):
@@ -174,13 +170,29 @@ class LLMSettings(_Group):
     )
     model: str = _key("", "Default model; empty picks the provider's default.")
     base_url: str = _key("", "OpenAI-compatible base URL for the custom provider, e.g. http://127.0.0.1:8000/v1.")
-    api_key: SecretStr | None = _key(None, "API key for the provider (never shown).", "OPENAI_API_KEY")
+    api_key: SecretStr | None = _key(None, "API key for OpenAI, sent to api.openai.com only (never shown).",
+                                     "OPENAI_API_KEY")
     openrouter_api_key: SecretStr | None = _key(None, "API key for OpenRouter (never shown).", "OPENROUTER_API_KEY")
+    custom_api_key: SecretStr | None = _key(None, "API key for the custom provider's llm.base_url (never shown).")
     timeout_s: float = _key(60.0, "Seconds before an LLM request is abandoned.", gt=0, le=3600)
     max_retries: int = _key(2, "Retries of a failed LLM request before the turn fails.", ge=0, le=20)
     providers: list[Literal["sim", "openai", "openrouter", "custom"]] = _key(
-        ["sim", "openai", "openrouter"], "Providers offered in the Chat tab.", min_length=1
+        [], "Providers a browser may pick besides llm.provider (always offered); empty = llm.provider alone."
     )
+    models: list[Annotated[str, StringConstraints(pattern=r"^(sim|openai|openrouter|custom):\S+$")]] = _key(
+        [], "Models a browser may pick, as provider:model (e.g. openai:gpt-4o-mini); a provider without an "
+        "entry takes any model."
+    )
+    max_tokens: int | None = _key(4096, "Most tokens a reply may have (sent to the provider); empty = its default.",
+                                  ge=1, le=1_000_000)
+    max_context_chars: int = _key(
+        100_000, "Characters of system prompt, attached files and history sent per turn: the oldest turns are "
+        "left out first, then the end of the files.", ge=1_000, le=10_000_000,
+    )
+    max_reply_chars: int = _key(100_000, "Characters a reply may have; it stops with a note there.",
+                                ge=100, le=10_000_000)
+    reply_deadline_s: float = _key(300.0, "Seconds a whole reply may take, retries included; it stops with a note "
+                                   "there.", gt=0, le=86_400)
 
 
 MIN_TOKEN_CHARS = 32
@@ -379,7 +391,9 @@ def _describe_type(ann: Any, info: FieldInfo | None) -> str:
         for meta in info.metadata:
             pattern = getattr(meta, "pattern", None)
             if pattern:
-                return "sqlite | memory | redis://…" if "redis" in pattern else f"text matching {pattern}"
+                if "redis" in pattern:
+                    return "sqlite | memory | redis://…"
+                return "provider:model" if pattern.startswith("^(sim|") else f"text matching {pattern}"
         return "text"
     return _type_name(ann)
 
@@ -1037,8 +1051,10 @@ def check_effect(settings: Settings) -> list[str]:
         warnings.append("llm.provider=openai without llm.api_key (OPENAI_API_KEY): requests will be refused.")
     if llm.provider == "openrouter" and llm.openrouter_api_key is None:
         warnings.append("llm.provider=openrouter without llm.openrouter_api_key (OPENROUTER_API_KEY).")
-    if llm.provider not in llm.providers:
-        warnings.append(f"llm.provider={llm.provider} is not in llm.providers: the Chat tab will not offer it.")
+    if llm.model and any(m.startswith(f"{llm.provider}:") for m in llm.models) and \
+            f"{llm.provider}:{llm.model}" not in llm.models:
+        warnings.append(f"llm.model={llm.model} is not in llm.models for {llm.provider}: the first model listed "
+                        "there is the default instead.")
     sim = settings.sim
     faults = sim.error_rate + sim.disconnect_rate + sim.stall_rate + sim.malformed_rate
     if faults > 1:

@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from agent.llm import LLMError
+
 
 class UpdatePacer:
     """The server-wide budget of UI updates, shared by the replies streaming right now."""
@@ -31,11 +33,25 @@ class UpdatePacer:
 
 
 class ReplyStream:
-    """Reads an LLM delta stream in a task; ``updates()`` yields the reply text at the paced rate."""
+    """Reads an LLM delta stream in a task; ``updates()`` yields the reply text at the paced rate.
 
-    def __init__(self, deltas: AsyncIterator[Any], pacer: UpdatePacer):
+    The reply is bounded: past ``max_chars`` characters or ``deadline_s`` seconds the stream is closed
+    and the reply ends in a ``too_large`` or ``timeout`` :class:`~agent.llm.LLMError`, its text so far kept.
+    """
+
+    def __init__(
+        self,
+        deltas: AsyncIterator[Any],
+        pacer: UpdatePacer,
+        *,
+        max_chars: int | None = None,
+        deadline_s: float | None = None,
+    ):
         self._deltas = deltas
         self._pacer = pacer
+        self._max_chars = max_chars
+        self._deadline_s = deadline_s
+        self._chars = 0
         self._parts: list[str] = []
         self._wake = asyncio.Event()
         self._finished = asyncio.Event()
@@ -63,21 +79,44 @@ class ReplyStream:
             self._pump_task.cancel()
 
     async def _pump(self) -> None:
+        # The deadline is this task's: it alone drives the delta stream, so the timeout never fires
+        # in someone else's await.
+        deadline = asyncio.timeout(self._deadline_s)
         try:
-            async for delta in self._deltas:
-                if delta.text:
-                    if self.ttft is None:
-                        self.ttft = time.monotonic() - self.started
-                    self._parts.append(delta.text)
-                    self._wake.set()
-                if delta.completion_tokens is not None:
-                    self.tokens = delta.completion_tokens
+            async with deadline:
+                async for delta in self._deltas:
+                    if delta.text:
+                        if self.ttft is None:
+                            self.ttft = time.monotonic() - self.started
+                        self._add(delta.text)
+                    if delta.completion_tokens is not None:
+                        self.tokens = delta.completion_tokens
+        except TimeoutError as exc:
+            self._error = exc
+            if deadline.expired():
+                message = f"The reply took longer than {self._deadline_s:g} s (llm.reply_deadline_s) and was stopped."
+                self._error = LLMError("timeout", message)
         except Exception as exc:  # re-raised to the consumer in updates()
             self._error = exc
         finally:
+            aclose = getattr(self._deltas, "aclose", None)
+            if aclose is not None:  # a reply cut short leaves the provider's stream open otherwise
+                with contextlib.suppress(Exception):
+                    await aclose()
             self._done = True
             self._finished.set()
             self._wake.set()
+
+    def _add(self, text: str) -> None:
+        limit = self._max_chars
+        if limit is not None and self._chars + len(text) > limit:
+            self._parts.append(text[: limit - self._chars])
+            self._chars = limit
+            self._wake.set()
+            raise LLMError("too_large", f"The reply was stopped at {limit:,} characters (llm.max_reply_chars).")
+        self._chars += len(text)
+        self._parts.append(text)
+        self._wake.set()
 
     async def updates(self) -> AsyncIterator[str]:
         """Yield the reply so far, paced; raise what the LLM stream raised once everything is out."""

@@ -1,7 +1,10 @@
-"""Client CPU per streamed token: langchain-openai vs the openai client it holds vs raw SSE on httpx.
+"""Client CPU per streamed token: langchain-openai vs the openai client it holds vs raw SSE on httpx, and cmw's own.
 
 Usage:  .venv/bin/python bench/llm_client.py [--streams 32] [--tokens 200] [--tps 2000] [--rounds 3]
-                                            [--paths langchain,openai,httpx,httpx2] [--loop uvloop|asyncio]
+                                            [--paths langchain,openai,httpx,httpx2,cmw] [--loop uvloop|asyncio]
+
+``cmw`` is the app's path: agent.llm.Providers.stream (agent/sse.py's decoder with its bounds) on the
+httpx2 client ChatOpenAI holds; ``httpx2`` is the bare line loop on the same HTTP library.
 
 The simulator (`cmw sim`) runs in a child process so only the client's CPU is counted
 (time.process_time of this process); the simulator's own CPU is read from the child with psutil
@@ -87,7 +90,18 @@ def make_paths(base_url: str) -> dict[str, Callable[[], Awaitable[int]]]:
 
         return stream
 
-    return {"langchain": langchain, "openai": openai_client, "httpx": raw_sse(http), "httpx2": raw_sse(http2)}
+    from agent.llm import Providers
+    from agent.settings import Settings
+
+    providers = Providers(Settings(llm={"provider": "custom", "base_url": base_url, "max_retries": 0,
+                                        "timeout_s": 60}))
+    app_messages = [{"role": "system", "content": "You are a benchmark."}, *MESSAGES]
+
+    async def cmw() -> int:
+        return sum([1 async for delta in providers.stream("custom", MODEL, app_messages) if delta.text])
+
+    return {"langchain": langchain, "openai": openai_client, "httpx": raw_sse(http), "httpx2": raw_sse(http2),
+            "cmw": cmw}
 
 
 async def one_round(fn: Callable[[], Awaitable[int]], streams: int, server: psutil.Process) -> dict[str, float]:
@@ -121,7 +135,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--tps", type=float, default=2000.0, help="simulator tokens/s per stream")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--paths", default="langchain,openai,httpx,httpx2")
+    parser.add_argument("--paths", default="langchain,openai,httpx,httpx2,cmw")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="client event loop (uvicorn runs the app on uvloop)")
     args = parser.parse_args()

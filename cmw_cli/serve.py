@@ -54,9 +54,6 @@ def serve(
     if workers is not None:
         flags["server.workers"] = (_workers(workers), "--workers")
     loaded = load_or_exit(profile, set_, flags, show_warnings=False)
-    settings = loaded.settings
-    if settings.llm.provider == "custom" and "custom" not in settings.llm.providers:
-        settings.llm.providers = [*settings.llm.providers, "custom"]
 
     from agent.server import serve as run_server
 

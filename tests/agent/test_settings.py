@@ -100,6 +100,8 @@ def samples(spec: KeySpec) -> list[Any]:
         return ["memory", "redis://h2", "redis://h3", "memory", "redis://h5"]
     if spec.key == "llm.providers":
         return [["sim"], ["openai"], ["custom"], ["openrouter"], ["sim", "custom"]]
+    if spec.key == "llm.models":
+        return [["sim:a"], ["openai:gpt-4o"], ["custom:qwen2.5:7b"], ["openrouter:x/y"], ["sim:a", "custom:b"]]
     if spec.key == "sim.error_statuses":
         return [[401], [402], [403], [404], [405]]
     if spec.key == "server.trusted_proxies":
@@ -205,7 +207,7 @@ def test_seed_env_names_are_exactly_those_of_the_design() -> None:
 
 def test_secrets_are_the_api_keys_and_the_admin_token() -> None:
     secrets = {k for k, spec in REGISTRY.items() if spec.secret}
-    assert secrets == {"llm.api_key", "llm.openrouter_api_key", "admin.token"}
+    assert secrets == {"llm.api_key", "llm.openrouter_api_key", "llm.custom_api_key", "admin.token"}
 
 
 # --------------------------------------------------------------------------- precedence, key by key
@@ -573,7 +575,7 @@ def _warnings(**groups: Any) -> list[str]:
         ({"llm": {"provider": "custom", "providers": ["custom"]}}, "llm.provider=custom needs llm.base_url"),
         ({"llm": {"provider": "openai"}}, "llm.provider=openai without llm.api_key"),
         ({"llm": {"provider": "openrouter"}}, "llm.provider=openrouter without llm.openrouter_api_key"),
-        ({"llm": {"providers": ["openai"], "provider": "sim"}}, "llm.provider=sim is not in llm.providers"),
+        ({"llm": {"model": "gpt-4o", "models": ["sim:cmw-sim"], "provider": "sim"}}, "llm.model=gpt-4o is not in"),
         ({"sim": {"error_rate": 0.6, "stall_rate": 0.6}}, "= 1.2 > 1"),
         ({"server": {"host": "0.0.0.0"}}, "server.host=0.0.0.0 exposes the app; set admin.token"),
     ],
