@@ -8,12 +8,14 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.settings import Settings
-from agent.store import MemoryStore, SQLiteStore, StoreError, open_store, state_dir
+from agent.store import MemoryStore, RedisStore, SQLiteStore, StoreError, open_store, state_dir
+from tests.agent.test_store_redis import REDIS_SERVER, flush, running_redis
 
 
 def meta(session_id: str = "s1", **extra: object) -> dict[str, object]:
@@ -33,6 +35,37 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
     made = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "sessions.db")
     yield made
     made.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """Each of the three stores, empty; Redis on a real redis-server (skipped when none is installed)."""
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SQLiteStore(tmp_path / "sessions.db")
+    else:
+        url = request.getfixturevalue("redis_url")
+        flush(url)
+        made = RedisStore(url)
+    yield made
+    made.close()
+
+
+def reopen(made, tmp_path: Path):
+    """A second store on the same data (another worker process would open its own)."""
+    if isinstance(made, SQLiteStore):
+        return SQLiteStore(made.path)
+    assert isinstance(made, RedisStore)
+    return RedisStore(made.url)
 
 
 def test_unknown_session_loads_as_none(store) -> None:
@@ -82,6 +115,118 @@ def test_clear_messages_keeps_the_session(store) -> None:
     store.append_messages("s1", [user("hi")], meta=meta())
     store.clear_messages("s1")
     assert store.load("s1")["history"] == []
+
+
+def test_clear_messages_upserts_meta_in_the_same_write(any_store) -> None:
+    any_store.append_messages("s1", [user("hi")], meta=meta(token_nonce="old"))
+    any_store.clear_messages("s1", meta=meta(token_nonce="new", last_active=9.0))
+    loaded = any_store.load("s1")
+    assert loaded["history"] == [] and loaded["token_nonce"] == "new"
+    assert [m["id"] for m in any_store.list_page()] == ["s1"] and any_store.list_page()[0]["last_active"] == 9.0
+
+
+def test_meta_keeps_pending_and_nonce_fields(any_store) -> None:
+    pending = {"since": 12.5, "pid": 4242, "run": "r-1"}
+    any_store.save_session(meta(pending=pending, token_nonce="n1"))
+    assert any_store.load("s1")["pending"] == pending
+    assert any_store.list_page() == [meta(pending=pending, token_nonce="n1")]
+    any_store.save_session(meta(pending=None, token_nonce="n1"))
+    assert any_store.load("s1")["pending"] is None
+
+
+def test_list_page_orders_by_last_active_and_pages(any_store) -> None:
+    for sid, active in [("a", 5.0), ("b", 1.0), ("c", 3.0), ("d", 3.0), ("e", 4.0)]:
+        any_store.append_messages(sid, [user(f"hi {sid}")], meta=meta(sid, last_active=active))
+    page = any_store.list_page()
+    assert [m["id"] for m in page] == ["a", "e", "d", "c", "b"]  # ties (c, d): greater id first
+    assert page[0] == meta("a", last_active=5.0)  # the meta as saved: no history, no files
+    assert [m["id"] for m in any_store.list_page(0, 2)] == ["a", "e"]
+    assert [m["id"] for m in any_store.list_page(2, 2)] == ["d", "c"]
+    assert [m["id"] for m in any_store.list_page(4, 2)] == ["b"]
+    assert any_store.list_page(5, 2) == [] and any_store.list_page(0, 0) == []
+    assert [m["id"] for m in any_store.list_page(1, 2, exclude={"a", "d"})] == ["c", "b"]
+    assert any_store.count() == 5
+    # A new turn moves a session to the top.
+    any_store.append_messages("b", [user("again")], meta=meta("b", last_active=6.0))
+    assert [m["id"] for m in any_store.list_page(0, 1)] == ["b"]
+
+
+def test_list_page_refuses_negative_bounds(any_store) -> None:
+    with pytest.raises(ValueError, match="offset"):
+        any_store.list_page(-1)
+    with pytest.raises(ValueError, match="limit"):
+        any_store.list_page(0, -5)
+
+
+def test_missing_or_odd_last_active_sorts_as_zero(any_store) -> None:
+    any_store.save_session({"id": "none"})
+    any_store.save_session(meta("text", last_active="yesterday"))
+    any_store.save_session(meta("flag", last_active=True))
+    any_store.save_session(meta("real", last_active=0.5))
+    assert [m["id"] for m in any_store.list_page()] == ["real", "text", "none", "flag"]
+    assert sorted(any_store.purge_inactive(0.25)) == ["flag", "none", "text"]
+    assert [m["id"] for m in any_store.list_page()] == ["real"]
+
+
+def test_count_follows_saves_and_deletes(any_store) -> None:
+    assert any_store.count() == 0
+    any_store.append_messages("ghost", [user("no meta")])
+    assert any_store.count() == 0
+    for sid in ("a", "b"):
+        any_store.save_session(meta(sid))
+    assert any_store.count() == 2
+    any_store.delete("a")
+    assert any_store.count() == 1 and [m["id"] for m in any_store.list_page()] == ["b"]
+
+
+def test_purge_inactive_deletes_old_sessions_with_messages_and_files(any_store) -> None:
+    for sid, active in [("old1", 10.0), ("old2", 19.5), ("edge", 20.0), ("new", 30.0)]:
+        any_store.append_messages(sid, [user("q"), assistant("a")], meta=meta(sid, last_active=active))
+        any_store.save_file(sid, "f.txt", "text", meta=meta(sid, last_active=active))
+    assert sorted(any_store.purge_inactive(20.0)) == ["old1", "old2"]
+    assert any_store.load("old1") is None and any_store.load("old2") is None
+    # Gone for good: a session saved again under the same id starts empty.
+    any_store.save_session(meta("old1", last_active=40.0))
+    assert any_store.load("old1")["history"] == [] and any_store.load("old1")["files"] == {}
+    assert any_store.load("edge")["history"] == [user("q"), assistant("a")]  # last_active == before is kept
+    assert any_store.load("new")["files"] == {"f.txt": "text"}
+    assert sorted(m["id"] for m in any_store.list_page()) == ["edge", "new", "old1"]
+    assert any_store.count() == 3
+    assert any_store.purge_inactive(20.0) == []
+
+
+def test_purge_inactive_refuses_a_cutoff_that_is_not_a_time(any_store) -> None:
+    with pytest.raises(ValueError, match="needs a time"):
+        any_store.purge_inactive(float("nan"))
+
+
+def test_key_is_32_random_bytes_made_once(any_store) -> None:
+    first = any_store.key("session-token")
+    assert isinstance(first, bytes) and len(first) == 32
+    assert any_store.key("session-token") == first
+    other = any_store.key("another")
+    assert len(other) == 32 and other != first
+    with pytest.raises(ValueError, match="name"):
+        any_store.key("")
+
+
+def test_key_is_shared_by_every_store_on_the_same_data(any_store, tmp_path: Path) -> None:
+    if isinstance(any_store, MemoryStore):
+        assert MemoryStore().key("k") != any_store.key("k")  # per instance: nothing to share
+        return
+    second = reopen(any_store, tmp_path)
+    try:
+        # The second instance asks first: whichever makes it, both read the same key.
+        made = second.key("session-token")
+        assert any_store.key("session-token") == made
+    finally:
+        second.close()
+    any_store.close()
+    third = reopen(any_store, tmp_path)
+    try:
+        assert third.key("session-token") == made
+    finally:
+        third.close()
 
 
 def test_file_replaced_and_deleted(store) -> None:
