@@ -469,8 +469,8 @@ class SQLiteStore:
 
 
 # The Redis scripts' reading of meta.last_active, matching last_active() above. A score a script writes
-# goes through string.format('%.17g'): redis.call would print a Lua number with 14 digits only, and a
-# rounded time.time() would sort (and purge) differently from the one Python wrote.
+# goes through string.format('%.17g'): Redis before 7 passes a Lua number to a command with 14 digits only,
+# and a rounded time.time() would sort (and purge) differently from the one Python wrote.
 _LAST_ACTIVE_LUA = """
 local function last_active(raw)
   if not raw then return 0 end

@@ -182,3 +182,63 @@ def test_preload_off_restores_lazily(store: RedisStore, monkeypatch: pytest.Monk
 def test_unreachable_redis_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"redis://u:\*{8}@127\.0\.0\.1:\d+/0: cannot connect"):
         RedisStore(f"redis://u:secret@127.0.0.1:{_free_port()}/0")
+
+
+@needs_redis
+def test_list_page_skips_and_drops_ids_whose_meta_is_gone(store: RedisStore) -> None:
+    for sid, active in [("a", 3.0), ("b", 2.0), ("c", 1.0)]:
+        store.save_session(meta(sid, last_active=active))
+    store._redis.delete("cmw:session:b")  # e.g. removed by hand
+    assert [m["id"] for m in store.list_page()] == ["a", "c"]
+    assert [m["id"] for m in store.list_page(1, 1)] == ["c"]
+    assert store._redis.zrange("cmw:active", 0, -1) == ["c", "a"] and store.count() == 2
+    assert store.all_ids() == ["a", "c"]
+
+
+@needs_redis
+def test_purge_keeps_a_session_whose_score_lags_its_meta(store: RedisStore) -> None:
+    """The sorted set is only the candidate list: the meta decides, and a wrong score is put right."""
+    store.append_messages("s1", [msg("user", "hi")], meta=meta(last_active=50.0))
+    store._redis.zadd("cmw:active", {"s1": 1.0})
+    assert store.purge_inactive(10.0) == []
+    assert store._redis.zscore("cmw:active", "s1") == 50.0
+    assert store.load("s1")["history"] == [msg("user", "hi")]
+    assert store.purge_inactive(60.0) == ["s1"]
+    assert sorted(store._redis.keys("cmw:*")) == ["cmw:migrations", "cmw:schema"]
+
+
+@needs_redis
+def test_a_purge_forgets_what_this_process_saw(store: RedisStore, redis_url: str) -> None:
+    """After a purge this process holds no copy, so it is no stale holder of a session that comes back."""
+    store.save_session(meta(last_active=5.0))
+    assert store.purge_inactive(10.0) == ["s1"]
+    other = RedisStore(redis_url)
+    try:
+        other.save_session(meta(last_active=20.0))
+    finally:
+        other.close()
+    assert store.delete("s1") is True
+
+
+@needs_redis
+def test_every_worker_shares_one_key_and_it_is_stored_as_hex(store: RedisStore, redis_url: str) -> None:
+    others = [RedisStore(redis_url) for _ in range(3)]
+    try:
+        keys = {other.key("session-token") for other in others} | {store.key("session-token")}
+        assert len(keys) == 1
+        assert bytes.fromhex(store._redis.get("cmw:key:session-token")) == keys.pop()
+    finally:
+        for other in others:
+            other.close()
+
+
+@needs_redis
+def test_a_damaged_key_is_a_store_error_that_does_not_show_it(store: RedisStore, redis_url: str) -> None:
+    store._redis.set("cmw:key:session-token", "abcd")
+    fresh = RedisStore(redis_url)
+    try:
+        with pytest.raises(StoreError, match="does not hold a 32-byte key") as caught:
+            fresh.key("session-token")
+        assert "abcd" not in str(caught.value)
+    finally:
+        fresh.close()
