@@ -15,6 +15,7 @@ Importing this module is cheap (FastAPI loads inside :func:`admin_router`), so t
 :func:`token_path` without paying for the web stack.
 """
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -105,7 +106,7 @@ def token_dependency(expected: str) -> Any:
 
 def admin_router(ctx: "AppContext", require_token: Any) -> Any:
     """The ``/admin/api`` routes of one app (a FastAPI ``APIRouter``), all behind the admin token but ``live``."""
-    from fastapi import APIRouter, Depends, HTTPException
+    from fastapi import APIRouter, Depends, HTTPException, Query
     from fastapi.responses import PlainTextResponse
 
     from agent import __version__
@@ -124,29 +125,42 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
             "uptime_s": round(time.time() - ctx.started, 1),
             "provider": settings.llm.provider,
             "model": ctx.sessions.default_model,
-            "sessions": ctx.sessions.counts(),
+            "sessions": {**ctx.sessions.counts(), "stored": await asyncio.to_thread(ctx.sessions.stored_count)},
             "turns": ctx.metrics.turn_figures(),
         }
 
     @router.get("/sessions")
-    async def sessions() -> list[dict[str, Any]]:
-        """Every live session, most recently active first."""
-        return [session.to_summary() for session in ctx.sessions.list()]
+    async def sessions(
+        offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(1000, ge=1, le=10_000)
+    ) -> list[dict[str, Any]]:
+        """A page of conversations: those in memory first (running/idle), then the stored ones (``stored``)."""
+        return await asyncio.to_thread(ctx.sessions.summaries, offset, limit)
 
     @router.get("/sessions/{session_id}")
     async def session(session_id: str) -> dict[str, Any]:
-        """One session with its history and files."""
-        found = ctx.sessions.get(session_id)
+        """One conversation, by its id or a Gradio session hash of it, with its history and files."""
+        found = await asyncio.to_thread(_peek, session_id)
         if found is None:
             raise HTTPException(404, "no such session")
-        return found.to_detail()
+        return found
 
     @router.delete("/sessions/{session_id}")
     async def end_session(session_id: str) -> dict[str, Any]:
-        """End a session as eviction would: its history, files and stored record are freed."""
-        if not ctx.sessions.end(session_id, "killed"):
+        """End a conversation for good: memory, stored history and files; its restore token stops working."""
+        ended = await asyncio.to_thread(_end, session_id)
+        if ended is None:
             raise HTTPException(404, "no such session")
-        return {"id": session_id, "ended": "killed"}
+        return {"id": ended, "ended": "killed"}
+
+    def _peek(session_id: str) -> dict[str, Any] | None:
+        found = ctx.sessions.peek(session_id)
+        return found if found is not None else ctx.sessions.peek(ctx.sessions.conversation_id(session_id))
+
+    def _end(session_id: str) -> str | None:
+        for candidate in (session_id, ctx.sessions.conversation_id(session_id)):
+            if ctx.sessions.end(candidate, "killed"):
+                return candidate
+        return None
 
     @router.get("/queue")
     async def queue() -> dict[str, Any]:

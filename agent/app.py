@@ -8,7 +8,6 @@ is public as ``api_name="chat"``: input the message text, output the conversatio
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import deque
@@ -22,7 +21,7 @@ from agent import __version__
 from agent.llm import LLMError, Providers
 from agent.metrics import AppMetrics
 from agent.queue import EVENTS, QueueMonitor, apply_queue, event_options
-from agent.sessions import MAX_ID_LENGTH, Session, SessionManager
+from agent.sessions import Session, SessionManager
 from agent.settings import LoadedSettings
 from agent.streaming import ReplyStream, UpdatePacer
 from agent.uploads import attach_upload
@@ -54,11 +53,10 @@ class AppContext:
     started: float = field(default_factory=time.time)
     ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
-    aliases: dict[str, str] = field(default_factory=dict)  # gradio session_hash → session id (after a reload)
     monitor: QueueMonitor | None = None
     in_flight: int = 0
     draining: bool = False  # set on SIGINT/SIGTERM: new chats are refused, running ones finish
-    browser_secret: str | None = None  # stable across restarts so a reload can find its conversation
+    browser_secret: str | None = None  # Gradio's BrowserState wants one; public (in /config), so it guards nothing
     metrics: AppMetrics = field(init=False, repr=False)  # this app's own Prometheus registry
     pacer: UpdatePacer = field(init=False, repr=False)  # shares the UI update budget among streaming replies
 
@@ -72,16 +70,21 @@ class AppContext:
         return self.loaded.settings
 
     def session_id(self, request: gr.Request | None) -> str:
-        return self.session_id_for_hash(getattr(request, "session_hash", None) or "anonymous")
-
-    def session_id_for_hash(self, session_hash: str) -> str:
-        """The session a Gradio session hash belongs to (a reloaded page's new hash maps to its old session)."""
-        if len(session_hash) > MAX_ID_LENGTH:  # any client may send any hash: keep ids bounded and valid
-            session_hash = "h-" + hashlib.sha256(session_hash.encode("utf-8", "replace")).hexdigest()
-        return self.aliases.get(session_hash, session_hash)
+        """The conversation of the request's Gradio session (its own, or the one its tab came back to)."""
+        return self.sessions.conversation_id(getattr(request, "session_hash", None) or "anonymous")
 
     def session(self, request: gr.Request | None) -> Session:
+        """The request's session; may read the store, so handlers that call it run in a thread."""
         return self.sessions.get_or_create(self.session_id(request))
+
+    async def session_async(self, request: gr.Request | None) -> Session:
+        """The request's session from the event loop: a store read, when needed, happens in a thread."""
+        session_id = self.session_id(request)
+        session = self.sessions.live(session_id)
+        if session is None:
+            return await asyncio.to_thread(self.sessions.get_or_create, session_id)
+        self.sessions.touch(session)
+        return session
 
 
 def _llm_messages(session: Session) -> list[dict[str, str]]:
@@ -99,7 +102,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     settings = ctx.settings
 
     async def chat(message: str, request: gr.Request):  # type: ignore[no-untyped-def]
-        session = ctx.session(request)
+        session = await ctx.session_async(request)
         text = (message or "").strip()
         if not text:
             yield shown(session.history), ""
@@ -179,33 +182,36 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             session.log.append((time.time(), f"model set to {session.model}"))
         return session.model
 
-    def clear(request: gr.Request) -> tuple[list[dict[str, Any]], str]:
+    def clear(request: gr.Request) -> tuple[list[dict[str, Any]], str, str]:
+        """Forget the conversation; the token this tab holds is replaced (old copies elsewhere stop working)."""
         session = ctx.session(request)
-        ctx.sessions.clear_history(session.id)
+        ctx.sessions.clear_history(session, request.session_hash)
         session.log.append((time.time(), "history cleared"))
-        return [], ""
+        return [], "", ctx.sessions.token(session)
 
     def stats(request: gr.Request) -> dict[str, Any]:
-        return stats_snapshot(ctx, ctx.sessions.get(ctx.session_id(request)))
+        return stats_snapshot(ctx, ctx.sessions.live(ctx.session_id(request)))
 
     def logs(request: gr.Request) -> str:
-        session = ctx.sessions.get(ctx.session_id(request))
+        session = ctx.sessions.live(ctx.session_id(request))
         entries = session.log if session else []
         own = [f"{time.strftime('%H:%M:%S', time.localtime(ts))} {line}" for ts, line in entries]
         return "\n".join(["# start-up", *ctx.startup_log, "", "# this session", *(own or ["(no events yet)"])])
 
-    def restore(stored: str | None, request: gr.Request) -> tuple[Any, ...]:
-        """On page load: reconnect to the conversation this browser had (a reload keeps it)."""
-        current = request.session_hash or ""
-        if stored and stored != current and ctx.sessions.known(stored):
-            ctx.aliases[current] = stored
+    def restore(token: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """On page load: back to the conversation whose token this browser kept (a reload keeps it).
+
+        A token the server did not issue, or one revoked by Clear or a kill, is answered exactly as no
+        token: a new conversation, and a token for it.
+        """
+        ctx.sessions.come_back(request.session_hash or "", token)
         session = ctx.session(request)
-        return list(session.history), session.provider, session.model, session.id, _files_markdown(session, [])
+        _use_offered_model(ctx, session)
+        return (list(session.history), session.provider, session.model, ctx.sessions.token(session),
+                _files_markdown(session, []))
 
     def unload(request: gr.Request) -> None:
-        session_id = ctx.session_id(request)
-        ctx.aliases.pop(request.session_hash or "", None)
-        ctx.sessions.release(session_id)
+        ctx.sessions.release(request.session_hash or "")
 
     with gr.Blocks(title="cmw agent") as demo:
         browser_id = gr.BrowserState(None, storage_key="cmw-session", secret=ctx.browser_secret)
@@ -235,7 +241,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             **event_options(settings, "chat"),
         )
         stop.click(None, None, None, cancels=[chat_event])
-        clear_btn.click(clear, None, [chatbot, msg], api_visibility="undocumented", **event_options(settings, "chat"))
+        clear_btn.click(
+            clear, None, [chatbot, msg, browser_id], api_visibility="undocumented", **event_options(settings, "chat")
+        )
         upload = files.upload(
             attach, [files], [files_info], api_visibility="undocumented", **event_options(settings, "file_upload")
         )

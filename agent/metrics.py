@@ -120,9 +120,12 @@ class LiveCollector(Collector):
         yield GaugeMetricFamily("cmw_sessions_running", "Sessions with a reply in flight.", value=counts["running"])
         yield CounterMetricFamily("cmw_sessions_opened", "Sessions created (not restored).",
                                   value=counts["created_total"])
-        yield CounterMetricFamily("cmw_sessions_evicted", "Sessions evicted by the max-sessions cap.",
-                                  value=counts["evicted_total"])
-        ended = CounterMetricFamily("cmw_sessions_ended", "Sessions ended, by reason.", labels=["reason"])
+        yield CounterMetricFamily("cmw_sessions_evicted", "Sessions freed from memory by the max-sessions cap "
+                                  "(their conversations stay stored).", value=counts["evicted_total"])
+        yield CounterMetricFamily("cmw_sessions_purged", "Stored conversations deleted by sessions.retention_days.",
+                                  value=counts["purged_total"])
+        ended = CounterMetricFamily("cmw_sessions_ended", "Sessions freed from memory, by reason (evicted, expired, "
+                                    "unload, killed, retention).", labels=["reason"])
         for reason, count in sorted(counts["ended_by_reason"].items()):
             ended.add_metric([reason], count)
         yield ended

@@ -64,20 +64,29 @@ def browser_secret(state_dir: Path) -> str:
 
 
 class DrainMiddleware:
-    """While draining, refuse new queue joins (503) so in-flight replies can finish."""
+    """While draining, refuse new work (503) so in-flight replies can finish.
+
+    New work is a queue join or a ``/gradio_api/call/*`` POST (which joins the queue itself); reading the
+    result of a call already made (its GET) goes on.
+    """
 
     def __init__(self, app: Any, ctx: Any):
         self.app = app
         self.ctx = ctx
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if self.ctx.draining and scope["type"] == "http" and scope["path"].endswith("/queue/join"):
+        if self.ctx.draining and scope["type"] == "http" and _new_work(scope):
             body = b'{"detail": "The server is shutting down; try again shortly."}'
             await send({"type": "http.response.start", "status": 503,
                         "headers": [(b"content-type", b"application/json"), (b"retry-after", b"5")]})
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+
+def _new_work(scope: dict[str, Any]) -> bool:
+    path = scope["path"].rstrip("/")
+    return path.endswith("/queue/join") or (scope.get("method") == "POST" and "/gradio_api/call/" in path)
 
 
 @contextlib.contextmanager
@@ -180,7 +189,7 @@ async def _forget_ended_gradio_sessions(demo: Any, ctx: Any, interval_s: float) 
     from agent.queue import forget_ended_sessions
 
     def is_live(session_hash: str) -> bool:
-        return ctx.sessions.is_live(ctx.session_id_for_hash(session_hash))
+        return ctx.sessions.is_live(ctx.sessions.conversation_id(session_hash))
 
     while True:
         await asyncio.sleep(interval_s)

@@ -1,34 +1,44 @@
-"""Sessions: one agent per browser session, its lifecycle (idle TTL, LRU cap) and its durable record.
+"""Sessions: one agent per browser session, its lifecycle (idle TTL, memory cap, retention) and its record.
 
 A :class:`Session` owns its history, provider/model, attached files, upload folder, event log and an
 ``asyncio.Lock`` the chat handler holds while it generates a reply, so two submits of one session never
 interleave while different sessions run in parallel (there is no global lock around LLM calls; a
 ``threading.Lock`` guards only the session table, for admin threads).
 
-A turn has two halves, so the history stays in Gradio's messages format even when a reply fails::
+Identity. A conversation's id is derived from the Gradio session hash that started it with a key kept in
+the store (HMAC): within one live Gradio session the hash still identifies it, as in Gradio itself, and a
+``gradio_client`` whose session was freed while idle goes on in its own conversation; but the id that
+``cmw sessions list`` shows is not a hash anyone can present. A browser comes back to its conversation
+after a reload only with the token the server issued it (:class:`SessionKeys`): the conversation id, a
+128-bit nonce kept in the record, and an HMAC of both. Clear rotates the nonce; an admin kill deletes the
+record; either revokes the token.
+
+A turn has two halves, both persisted, so a reply cut by ``kill -9`` or a shutdown whose grace ran out
+leaves the user's message and a visible ``[interrupted]`` reply::
 
     async with session.lock:
-        manager.start_turn(session, text)      # the user message joins the history now
+        manager.start_turn(session, text)      # the user message is stored now, marked in flight
         ...stream the reply...
         manager.finish_turn(session, reply, tokens=n, latency=s, ttft=t, error=None or "timeout")
 
-``finish_turn`` appends the assistant message as given (on failure the caller has put the clear message
-in it), counts the turn (failed when ``error`` names a class) and writes user message, reply and counters
-to the store in one transaction. :meth:`record_turn` does both halves at once, at the end of the reply.
+Lifecycle. Memory holds at most ``max_sessions`` sessions; beyond it, and after the idle TTL, sessions are
+freed from memory only (empty ones first) and read back from the store when they return. Stored
+conversations go only by Clear, an admin kill or ``sessions.retention_days``. Start-up loads nothing.
 
-Durability: every persisted session is loaded when a manager starts, so after a restart (even ``kill -9``)
-``list()`` and the admin API show every completed turn and a returning browser gets its history back.
-A session reaches the store with its first completed turn, model choice or attached file; a session that
-ends (expired, evicted, killed) is deleted from it. The store therefore never holds more sessions than
-``max_sessions``, and loading it all at start-up costs what those sessions cost before the restart.
+Store I/O never runs on the event loop: writes go, in order, to one writer thread; reads of sessions not
+in memory happen in the caller's thread (the app hops to a thread for them), after the writes queued
+before them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
+import queue
+import secrets
 import shutil
 import threading
 import time
@@ -47,7 +57,10 @@ logger = logging.getLogger("cmw.sessions")
 
 RECENT = 50  # latencies / TTFTs kept per session for the Stats tab
 LOG_LINES = 200  # events kept in a session's own log
-MAX_ID_LENGTH = 256  # session ids come from clients
+MAX_ID_LENGTH = 256  # session hashes and ids come from clients
+INTERRUPTED = "[interrupted]"
+RUN = secrets.token_hex(8)  # this process's run: a turn in flight marked by another run was cut
+TOKEN_KEY = "session-tokens"
 
 
 class Recent(list):  # type: ignore[type-arg]
@@ -77,9 +90,13 @@ def _log() -> Recent:
     return Recent(LOG_LINES)
 
 
+def _nonce() -> str:
+    return secrets.token_hex(16)  # 128 random bits
+
+
 @dataclass(eq=False)
 class Session:
-    """Everything one browser session owns; freed when the session ends."""
+    """Everything one conversation owns in memory; freed when it leaves memory."""
 
     id: str
     created: float
@@ -97,12 +114,19 @@ class Session:
     ttfts: Recent = field(default_factory=_recent, repr=False)  # of float
     log: Recent = field(default_factory=_log, repr=False)  # of (time, message)
     pending: dict[str, Any] | None = None  # the user message of the turn in flight
-    ended: str | None = None  # why the session ended; an ended session is no longer persisted
+    ended: str | None = None  # why the conversation ended (Clear keeps it; kill, retention end it)
+    token_nonce: str = field(default_factory=_nonce, repr=False)  # part of the restore token; rotated by Clear
+    stored: bool = False  # whether the store holds a record of it
     clock: Callable[[], float] = field(default=time.time, repr=False)
 
     @property
     def state(self) -> Literal["running", "idle"]:
         return "running" if self.pending is not None or self.lock.locked() else "idle"
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to come back to: never chatted, attached nothing, chose nothing that was stored."""
+        return not (self.history or self.files or self.stored or self.turns)
 
     def note(self, message: str) -> None:
         """Add a line to this session's own log (the Logs tab shows it to this session only).
@@ -122,11 +146,14 @@ class Session:
             "turns": self.turns,
             "tokens": self.tokens,
             "errors": self.errors,
+            "token_nonce": self.token_nonce,
+            "pending": None if self.pending is None else {"since": self.last_active, "pid": os.getpid(), "run": RUN},
         }
 
     def to_summary(self) -> dict[str, Any]:
         """The ``cmw sessions list --json`` object; ``files`` lists the attached file names."""
-        return {**self.meta(), "state": self.state, "files": list(self.files)}
+        summary = {key: value for key, value in self.meta().items() if key not in ("token_nonce", "pending")}
+        return {**summary, "state": self.state, "files": list(self.files)}
 
     def to_detail(self) -> dict[str, Any]:
         """Summary plus history, files (name -> text), recent latencies and the session's log."""
@@ -140,8 +167,114 @@ class Session:
         }
 
 
+class SessionKeys:
+    """Conversation ids derived from Gradio session hashes, and the tokens that restore a conversation.
+
+    Both are HMACs with a key no client sees (kept in the store, so every worker agrees). A token binds
+    the conversation id and its current nonce; checking the MAC first means a forged token costs no
+    store read.
+    """
+
+    def __init__(self, key: bytes):
+        self._key = key
+
+    def _mac(self, purpose: str, value: str) -> str:
+        return hmac.new(self._key, f"{purpose}\0{value}".encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+
+    def conversation_id(self, session_hash: str) -> str:
+        return "c" + self._mac("conversation", session_hash)[:32]
+
+    def token(self, session_id: str, nonce: str) -> str:
+        return f"{session_id}.{nonce}.{self._mac('restore', f'{session_id}.{nonce}')}"
+
+    def verify(self, token: object) -> tuple[str, str] | None:
+        """(conversation id, nonce) of a token this server issued, else None (the store still decides)."""
+        if not isinstance(token, str) or len(token) > 200 or token.count(".") != 2:
+            return None
+        session_id, nonce, mac = token.split(".")
+        if hmac.compare_digest(mac, self._mac("restore", f"{session_id}.{nonce}")):
+            return session_id, nonce
+        return None
+
+
+class StoreWriter:
+    """One thread that applies store writes in the order they were made, so the event loop never waits."""
+
+    def __init__(self, store: SessionStore, on_error: Callable[[StoreError], None]):
+        self.store = store
+        self._on_error = on_error
+        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], dict[str, Any]] | threading.Event | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="cmw-store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self._queue.put((method, args, kwargs))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every write submitted so far is applied; False if that took longer than timeout."""
+        if threading.current_thread() is self._thread:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            method, args, kwargs = item
+            try:
+                getattr(self.store, method)(*args, **kwargs)
+            except StoreError as exc:
+                self._on_error(exc)
+            except Exception:  # the writer must outlive any one failure
+                logger.exception("session store write %s failed", method)
+
+
+def interrupted(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record whose turn in flight was cut (its process is gone), with the visible reply added.
+
+    A turn marked by a live process (another worker mid-reply) is left as it is.
+    """
+    pending = record.get("pending")
+    if not isinstance(pending, dict) or pending.get("run") == RUN:
+        return record
+    pid = pending.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        return record
+    return {
+        **record,
+        "pending": None,
+        "history": [*record.get("history", []), {"role": "assistant", "content": INTERRUPTED}],
+        "turns": int(record.get("turns", 0)) + 1,
+        "errors": int(record.get("errors", 0)) + 1,
+        "repaired": True,
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 class SessionManager:
-    """The session table: creation, restore from the store, LRU eviction, idle expiry and ending."""
+    """The session table: lookup by hash or token, memory cap and idle expiry, retention, ending."""
 
     def __init__(
         self,
@@ -152,24 +285,30 @@ class SessionManager:
         upload_root: Path,
         default_provider: str,
         default_model: str,
+        retention_s: float = 30 * 86_400,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if idle_ttl_s <= 0 or max_sessions < 1:
-            raise ValueError("idle_ttl_s must be > 0 and max_sessions >= 1")
+        if idle_ttl_s <= 0 or max_sessions < 1 or retention_s < 0:
+            raise ValueError("idle_ttl_s must be > 0, max_sessions >= 1 and retention_s >= 0")
         self.idle_ttl_s = idle_ttl_s
         self.max_sessions = max_sessions
+        self.retention_s = retention_s
         self.store = store
         self.upload_root = Path(upload_root)
         self.default_provider = default_provider
         self.default_model = default_model
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently active first
-        self._ending: set[str] = set()  # popped from the table, store record not yet deleted
+        # Gradio session hash → conversation id, for tabs that came back with a token. Bounded; entries of
+        # conversations that ended go, entries of conversations merely freed from memory stay.
+        self._aliases: OrderedDict[str, str] = OrderedDict()
+        self.max_aliases = max(1000, 4 * max_sessions)
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._ended_by_reason: Counter[str] = Counter()
+        self._freed_by_reason: Counter[str] = Counter()
         self._closed = False
-        self._restore_all()
+        self.keys = SessionKeys(self._store_key())
+        self.writer = StoreWriter(store, self._store_failed)
 
     @classmethod
     def from_settings(cls, settings: Settings, state_dir: Path) -> SessionManager:
@@ -180,6 +319,7 @@ class SessionManager:
         return cls(
             idle_ttl_s=settings.sessions.idle_ttl_s,
             max_sessions=settings.sessions.max_sessions,
+            retention_s=settings.sessions.retention_days * 86_400,
             store=store,
             # Per process, so a restart can remove what a killed process left behind.
             upload_root=uploads / str(os.getpid()),
@@ -187,10 +327,82 @@ class SessionManager:
             default_model=settings.llm.model,
         )
 
+    def _store_key(self) -> bytes:
+        try:
+            return self.store.key(TOKEN_KEY)
+        except StoreError as exc:  # a store down at start: ids and tokens still work for this process
+            logger.error("%s; session tokens will not survive a restart", exc)
+            return secrets.token_bytes(32)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self._counts["store_errors"] += 1
+        logger.error("%s", exc)
+
+    # ------------------------------------------------------------------ identity
+
+    def conversation_id(self, session_hash: str) -> str:
+        """The conversation a Gradio session hash belongs to: its own, or the one it came back to."""
+        if not session_hash:
+            session_hash = "anonymous"
+        with self._lock:
+            alias = self._aliases.get(session_hash)
+        return alias if alias is not None else self.keys.conversation_id(session_hash[:4096])
+
+    def token(self, session: Session) -> str:
+        """The token that brings a browser back to this conversation (kept in its BrowserState)."""
+        return self.keys.token(session.id, session.token_nonce)
+
+    def come_back(self, session_hash: str, token: object) -> bool:
+        """Point this Gradio session at the conversation the token restores; False (nothing) for any other.
+
+        Runs in a thread: it may read the store. An unknown, forged, revoked or foreign token changes
+        nothing, so the caller answers it exactly as a browser that had no token.
+        """
+        claim = self.keys.verify(token)
+        if claim is None or not session_hash:
+            return False
+        session_id, nonce = claim
+        session = self.get(session_id)
+        if session is None or session.ended is not None or not hmac.compare_digest(session.token_nonce, nonce):
+            return False
+        if session_id != self.keys.conversation_id(session_hash):
+            with self._lock:
+                self._aliases[session_hash] = session_id
+                self._aliases.move_to_end(session_hash)
+                while len(self._aliases) > self.max_aliases:
+                    self._aliases.popitem(last=False)
+        self.touch(session)
+        return True
+
+    def forget_hash(self, session_hash: str) -> None:
+        """The Gradio session ended (tab closed or reloaded): its hash no longer leads to a restored conversation."""
+        with self._lock:
+            self._aliases.pop(session_hash, None)
+
+    def alias_count(self) -> int:
+        with self._lock:
+            return len(self._aliases)
+
+    def _drop_aliases(self, session_id: str, keep: str | None = None) -> None:
+        with self._lock:
+            for session_hash in [h for h, sid in self._aliases.items() if sid == session_id and h != keep]:
+                del self._aliases[session_hash]
+
     # ------------------------------------------------------------------ lookup
 
+    def live(self, session_id: str) -> Session | None:
+        """The session if this process holds it in memory now (no store read: safe on the event loop)."""
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def is_live(self, session_id: str) -> bool:
+        return self.live(session_id) is not None
+
     def get_or_create(self, session_id: str) -> Session:
-        """The session for this client key: in memory, restored from the store, or new. Marks it active."""
+        """The conversation with this id: in memory, read back from the store, or new. Marks it active.
+
+        May read the store: call it off the event loop unless :meth:`live` found the session.
+        """
         if not session_id or len(session_id) > MAX_ID_LENGTH:
             raise ValueError(f"session id must be 1–{MAX_ID_LENGTH} characters")
         session = self._lookup(session_id)
@@ -199,42 +411,75 @@ class SessionManager:
             fresh = Session(session_id, now, now, self.default_provider, self.default_model, clock=self.clock)
             fresh.note("session created")
             session = self._register(fresh, restored=False)
-        self._touch(session)
+        self.touch(session)
         return session
 
-    def is_live(self, session_id: str) -> bool:
-        """Whether this process holds the session now (no store lookup)."""
-        with self._lock:
-            return session_id in self._sessions
-
     def get(self, session_id: str) -> Session | None:
-        """The session if it exists here or in the store, without creating it or marking it active."""
+        """The conversation if it is in memory or in the store (then read back), without marking it active."""
         if not session_id or len(session_id) > MAX_ID_LENGTH:
             return None
         return self._lookup(session_id)
 
+    def peek(self, session_id: str) -> dict[str, Any] | None:
+        """The admin view of a conversation: live if in memory, else as stored (state ``stored``), unchanged."""
+        session = self.live(session_id) if session_id and len(session_id) <= MAX_ID_LENGTH else None
+        if session is not None:
+            return session.to_detail()
+        record = self._load(session_id) if session_id and len(session_id) <= MAX_ID_LENGTH else None
+        if record is None:
+            return None
+        try:
+            session = self._from_record(interrupted(record))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return {**session.to_detail(), "state": "stored"}
+
     def list(self) -> list[Session]:
-        """Every live session, most recently active first (persisted ones included: all load at start)."""
+        """Sessions in memory now, most recently active first."""
         with self._lock:
             return list(reversed(self._sessions.values()))
 
+    def summaries(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """A page of every conversation: those in memory first (live state), then the store's (``stored``).
+
+        Reads the store: call it off the event loop.
+        """
+        live = [s.to_summary() for s in self.list()]
+        page = live[offset:offset + limit]
+        wanted = limit - len(page)
+        if wanted > 0:
+            try:
+                stored = self.store.list_page(max(0, offset - len(live)), wanted, exclude={s["id"] for s in live})
+            except StoreError as exc:
+                self._store_failed(exc)
+                stored = []
+            for meta in stored:
+                page.append({**{k: v for k, v in meta.items() if k not in ("token_nonce", "pending")},
+                             "state": "stored"})
+        return page
+
     def _lookup(self, session_id: str) -> Session | None:
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None or session_id in self._ending:
-                return session
-        # Normally everything persisted is already in memory; this finds records another process wrote.
+        session = self.live(session_id)
+        if session is not None:
+            return session
         record = self._load(session_id)
         if record is None:
             return None
-        return self._register(self._from_record(record), restored=True)
+        try:
+            restored = self._from_record(interrupted(record))
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("session store: an unreadable record %s…: %s", session_id[:8], exc)
+            return None
+        if record is not None and restored.turns != int(record.get("turns", 0)):  # a cut turn, now shown
+            self.writer.submit("append_messages", restored.id, [restored.history[-1]], meta=restored.meta())
+        return self._register(restored, restored=True)
 
     def _load(self, session_id: str) -> dict[str, Any] | None:
+        self.writer.flush()  # read what this process wrote before
         try:
             return self.store.load(session_id)
         except StoreError as exc:
-            self._counts["store_errors"] += 1
-            logger.error("%s", exc)
+            self._store_failed(exc)
             return None
 
     def _from_record(self, record: dict[str, Any]) -> Session:
@@ -250,32 +495,12 @@ class SessionManager:
             turns=int(record.get("turns", 0)),
             tokens=int(record.get("tokens", 0)),
             errors=int(record.get("errors", 0)),
+            token_nonce=str(record.get("token_nonce") or _nonce()),
+            stored=True,
             clock=self.clock,
         )
-        session.note(f"session restored from the store: {session.turns} turns, {len(session.files)} files")
+        session.note(f"session read back from the store: {session.turns} turns, {len(session.files)} files")
         return session
-
-    def _restore_all(self) -> None:
-        try:
-            ids = self.store.list_ids()
-        except StoreError as exc:
-            logger.error("%s", exc)
-            return
-        restored: list[Session] = []
-        for session_id in ids:
-            record = self._load(session_id)
-            if record is not None:
-                try:
-                    restored.append(self._from_record(record))
-                except (KeyError, TypeError, ValueError) as exc:
-                    logger.warning("session store: skipping an unreadable record %r: %s", session_id[:8], exc)
-        with self._lock:
-            for session in sorted(restored, key=lambda s: s.last_active):
-                self._sessions[session.id] = session
-            self._counts["restored_total"] += len(restored)
-        if restored:
-            logger.info("restored %d sessions from the session store", len(restored))
-        self.sweep()
 
     def _register(self, session: Session, *, restored: bool) -> Session:
         """Add a session to the table (or return the one another caller added first), then enforce the cap."""
@@ -289,36 +514,40 @@ class SessionManager:
         self._free_all(victims, "evicted")
         return session
 
-    def _touch(self, session: Session) -> None:
+    def touch(self, session: Session) -> None:
+        """Mark the session active now (no store I/O)."""
         with self._lock:
             session.last_active = self.clock()
             if session.id in self._sessions:
                 self._sessions.move_to_end(session.id)
 
-    # ------------------------------------------------------------------ ending
+    # ------------------------------------------------------------------ memory and ending
 
     def end(self, session_id: str, reason: str) -> bool:
-        """Free a session and delete its record; True when it existed (here or only in the store).
+        """End a conversation for good (an admin kill): memory, stored record, token and aliases.
 
-        A running session may be ended too (an operator's kill): its reply finishes but is not
-        persisted, and the handler can stop early by checking ``session.ended``.
+        True when it existed here or in the store. A running session may be ended too: its reply
+        finishes but is not persisted, and the handler can stop early by checking ``session.ended``.
         """
         with self._lock:
             session = self._sessions.pop(session_id, None)
-            if session is not None:
-                self._ending.add(session_id)
+        self._drop_aliases(session_id)
         if session is not None:
+            session.ended = reason
             self._free(session, reason)
-            return True
+        self.writer.flush()
         try:
-            return self.store.delete(session_id)
+            deleted = self.store.delete(session_id)
         except StoreError as exc:
-            self._counts["store_errors"] += 1
-            logger.error("%s", exc)
-            return False
+            self._store_failed(exc)
+            deleted = False
+        return session is not None or deleted
 
     def sweep(self) -> int:
-        """End idle sessions past the TTL and trim any overflow of the cap; the number ended."""
+        """Free idle sessions past the TTL and any overflow of the cap; purge stored ones past retention.
+
+        The number freed or purged. Runs in a thread (the store may be slow).
+        """
         now = self.clock()
         with self._lock:
             expired = [
@@ -326,30 +555,51 @@ class SessionManager:
             ]
             for session in expired:
                 del self._sessions[session.id]
-                self._ending.add(session.id)
             evicted = self._pop_over_cap()
         self._free_all(expired, "expired")
         self._free_all(evicted, "evicted")
-        return len(expired) + len(evicted)
+        return len(expired) + len(evicted) + self._purge(now)
+
+    def _purge(self, now: float) -> int:
+        if not self.retention_s or self._closed:
+            return 0
+        self.writer.flush()
+        try:
+            purged = self.store.purge_inactive(now - self.retention_s)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return 0
+        for session_id in purged:
+            with self._lock:
+                session = self._sessions.get(session_id)
+                if session is not None and session.state == "idle":
+                    del self._sessions[session_id]
+                else:
+                    session = None
+            self._drop_aliases(session_id)
+            if session is not None:
+                session.ended = "retention"
+                self._free(session, "retention")
+        if purged:
+            with self._lock:
+                self._counts["purged_total"] += len(purged)
+            logger.info("retention: %d stored conversations past %g days deleted", len(purged),
+                        self.retention_s / 86_400)
+        return len(purged)
 
     def _pop_over_cap(self, keep: Session | None = None) -> list[Session]:
-        """Least recently active idle sessions beyond the cap, removed from the table (lock held).
+        """Idle sessions beyond the cap, empty ones first, least recently active first (lock held).
 
-        Running sessions are never evicted: when every session runs, the table briefly exceeds the
-        cap and the next registration or sweep trims it.
+        Running sessions are never freed: when every session runs, the table briefly exceeds the cap
+        and the next registration or sweep trims it.
         """
-        victims: list[Session] = []
         overflow = len(self._sessions) - self.max_sessions
         if overflow <= 0:
-            return victims
-        for session in self._sessions.values():
-            if len(victims) == overflow:
-                break
-            if session is not keep and session.state == "idle":
-                victims.append(session)
+            return []
+        idle = [s for s in self._sessions.values() if s is not keep and s.state == "idle"]
+        victims = ([s for s in idle if s.empty] + [s for s in idle if not s.empty])[:overflow]
         for session in victims:
             del self._sessions[session.id]
-            self._ending.add(session.id)
         return victims
 
     def _free_all(self, sessions: list[Session], reason: str) -> None:
@@ -357,39 +607,49 @@ class SessionManager:
             self._free(session, reason)
 
     def _free(self, session: Session, reason: str) -> None:
-        """Drop everything the session owns; the caller has already removed it from the table."""
-        session.ended = reason
-        session.history.clear()
-        session.files.clear()
+        """Drop what the session holds in memory; the caller has removed it from the table. The store keeps it."""
+        if session.ended is not None or session.empty:
+            self._drop_aliases(session.id)  # nothing left to come back to
+        session.history = []  # a new list: a handler that still holds the session sees nothing of it
+        session.files = {}
         session.log.clear()
         session.latencies.clear()
         session.ttfts.clear()
         if session.upload_dir is not None:
             shutil.rmtree(session.upload_dir, ignore_errors=True)
             session.upload_dir = None
-        try:
-            if not self._closed:
-                self.store.delete(session.id)
-        except StoreError as exc:
-            self._counts["store_errors"] += 1
-            logger.error("%s", exc)
-        finally:
-            with self._lock:
-                self._ending.discard(session.id)
-                self._counts["ended_total"] += 1
-                self._ended_by_reason[reason] += 1
-        logger.info("session %s… ended: %s", session.id[:8], reason)
+        with self._lock:
+            self._counts["freed_total"] += 1
+            self._freed_by_reason[reason] += 1
+        logger.info("session %s… freed: %s", session.id[:8], reason)
+
+    def release(self, session_hash: str) -> bool:
+        """The browser tab closed (Gradio's unload); True when that freed its session.
+
+        The hash stops leading to a conversation it came back to. A session with nothing to come back
+        to (a page view that never chatted) is freed at once; others stay until the idle TTL.
+        """
+        session_id = self.conversation_id(session_hash)
+        self.forget_hash(session_hash)
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or not session.empty or session.state == "running":
+                return False
+            del self._sessions[session_id]
+        self._free(session, "unload")
+        return True
 
     # ------------------------------------------------------------------ turns and changes
 
     def start_turn(self, session: Session, user_message: str) -> dict[str, Any]:
-        """Append the user message (it stays even if the reply fails) and mark the session running."""
+        """Append the user message, mark the session running and store both: a cut turn keeps the message."""
         if session.pending is not None:
             raise RuntimeError(f"session {session.id[:8]}… already has a turn in flight; hold session.lock")
         message = {"role": "user", "content": user_message}
         session.history.append(message)
         session.pending = message
-        self._touch(session)
+        self.touch(session)
+        self._persist(session, "append_messages", session.id, [message], meta=session.meta())
         return message
 
     def finish_turn(
@@ -408,8 +668,7 @@ class SessionManager:
         reply then ``⚠️ …``). ``error`` is the failure class (``timeout``, ``stopped``…): it marks the
         turn failed and is counted; an empty failed reply becomes ``⚠️ The reply failed (<error>).``.
         """
-        user = session.pending
-        if user is None:
+        if session.pending is None:
             raise RuntimeError(f"session {session.id[:8]}… has no turn in flight; call start_turn first")
         content = reply if reply or error is None else f"⚠️ The reply failed ({error})."
         assistant = {"role": "assistant", "content": content}
@@ -423,8 +682,8 @@ class SessionManager:
             session.ttfts.append(ttft)
         if error is not None:
             session.errors += 1
-        self._touch(session)
-        self._persist(session, "append_messages", session.id, [user, assistant], meta=session.meta())
+        self.touch(session)
+        self._persist(session, "append_messages", session.id, [assistant], meta=session.meta())
         return assistant
 
     def record_turn(
@@ -442,34 +701,16 @@ class SessionManager:
         self.start_turn(session, user_message)
         return self.finish_turn(session, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
 
-    def clear_history(self, session_id: str) -> bool:
-        """Forget a conversation (the Clear button) here and in the store; False for an unknown session.
+    def clear_history(self, session: Session, session_hash: str | None = None) -> None:
+        """Forget the conversation (the Clear button) here and in the store, and revoke its token.
 
-        Files, counters and a turn in flight stay.
+        Files, counters and a turn in flight stay; other tabs that came back to it with the old token
+        lose it, the tab that cleared (``session_hash``) keeps it.
         """
-        session = self.get(session_id)
-        if session is None:
-            return False
         session.history[:] = [session.pending] if session.pending is not None else []
-        self._persist(session, "clear_messages", session.id)
-        return True
-
-    def known(self, session_id: str) -> bool:
-        """Whether a session exists (live or persisted): a returning browser may reclaim it."""
-        return self.get(session_id) is not None
-
-    def release(self, session_id: str) -> bool:
-        """The browser tab closed (Gradio's unload); True when that ended the session.
-
-        A session with a conversation or files stays until its idle TTL, so a reload or a returning
-        browser gets it back; one with nothing to come back to (a page view that never chatted) is
-        freed at once.
-        """
-        with self._lock:
-            session = self._sessions.get(session_id)
-        if session is None or session.history or session.files or session.state == "running":
-            return False
-        return self.end(session_id, "unload")
+        session.token_nonce = _nonce()
+        self._drop_aliases(session.id, keep=session_hash)
+        self._persist(session, "clear_messages", session.id, meta=session.meta())
 
     def set_model(self, session: Session, provider: str, model: str) -> None:
         """This session's provider and model from now on (the caller checks they are offered)."""
@@ -499,23 +740,21 @@ class SessionManager:
         return session.upload_dir
 
     def _persist(self, session: Session, method: str, *args: Any, **kwargs: Any) -> None:
-        """Write through to the store; a store failure is logged and counted, never breaks the chat."""
+        """Queue a write for the store's thread; a store failure is logged and counted, never breaks the chat."""
         if session.ended is not None or self._closed:
             return
-        try:
-            getattr(self.store, method)(*args, **kwargs)
-        except StoreError as exc:
-            self._counts["store_errors"] += 1
-            logger.error("%s", exc)
+        session.stored = True
+        self.writer.submit(method, *args, **kwargs)
 
     # ------------------------------------------------------------------ figures and background work
 
     def counts(self) -> dict[str, Any]:
-        """Figures for the Stats tab, the admin API and /metrics."""
+        """Figures for the Stats tab, the admin API and /metrics (no store read: safe on the event loop)."""
         with self._lock:
             sessions = list(self._sessions.values())
             counts = dict(self._counts)
-            by_reason = dict(self._ended_by_reason)
+            by_reason = dict(self._freed_by_reason)
+            aliases = len(self._aliases)
         return {
             "active": len(sessions),
             "running": sum(1 for s in sessions if s.state == "running"),
@@ -523,10 +762,20 @@ class SessionManager:
             "restored_total": counts.get("restored_total", 0),
             "evicted_total": by_reason.get("evicted", 0),
             "expired_total": by_reason.get("expired", 0),
-            "ended_total": counts.get("ended_total", 0),
+            "ended_total": counts.get("freed_total", 0),
             "ended_by_reason": by_reason,
+            "purged_total": counts.get("purged_total", 0),
+            "aliases": aliases,
             "store_errors": counts.get("store_errors", 0),
         }
+
+    def stored_count(self) -> int | None:
+        """Conversations in the store (None when it cannot say). Reads the store: off the event loop."""
+        try:
+            return self.store.count()
+        except StoreError as exc:
+            self._store_failed(exc)
+            return None
 
     async def run_sweeper(self, interval_s: float) -> None:
         """Sweep every ``interval_s`` until cancelled; in a thread, so a large sweep never blocks the loop."""
@@ -538,7 +787,8 @@ class SessionManager:
                 logger.exception("session sweep failed")
 
     def close(self) -> None:
-        """Stop writing and close the store; sessions stay in the store for the next start."""
+        """Apply the queued writes, stop writing and close the store; conversations stay for the next start."""
+        self.writer.close()
         self._closed = True
         self.store.close()
 

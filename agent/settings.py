@@ -136,11 +136,16 @@ class StreamSettings(_Group):
 class SessionSettings(_Group):
     idle_ttl_s: float = _key(3600.0, "Seconds a session may stay idle before it is freed.", ge=1, le=30 * 86_400)
     max_sessions: int = _key(
-        1000, "Sessions kept at once; the least recently used is evicted beyond it.", ge=1, le=1_000_000
+        1000, "Sessions kept in memory at once; beyond it the least recently used is freed (empty ones first), "
+        "its stored conversation kept.", ge=1, le=1_000_000
     )
     store: str = _key(
         "sqlite", "Where conversations persist: sqlite (embedded), memory, or a redis:// URL.",
         pattern=r"^(sqlite|memory|rediss?://.+)$",
+    )
+    retention_days: float = _key(
+        30.0, "Days a stored conversation is kept after its last change; 0 keeps it until Clear or an admin kill.",
+        ge=0, le=36_500,
     )
     max_upload_bytes: int = _key(1_000_000, "Largest file a chat may attach.", ge=1, le=1_000_000_000)
     max_files: int = _key(10, "Files one conversation may attach.", ge=1, le=1000)

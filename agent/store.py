@@ -560,13 +560,8 @@ class RedisStore:
     Deleting is guarded: a worker that ends a session it holds a stale copy of (another worker wrote a
     newer ``last_active`` since this one last read or wrote it) leaves the record alone, so one worker's
     idle expiry or LRU eviction never deletes a conversation that lives on elsewhere.
-
-    ``preload`` (class-wide) decides whether :meth:`list_ids` offers every session to a starting
-    manager. Worker processes behind the sticky proxy turn it off: each restores only the sessions the
-    proxy sends it, on their next request, instead of holding stale copies of every other worker's.
     """
 
-    preload = True
     SCHEMA_VERSION = 2
 
     def __init__(self, url: str, *, prefix: str = "cmw:") -> None:
@@ -748,27 +743,9 @@ class RedisStore:
         return int(result) > 0
 
     def list_ids(self) -> list[str]:
-        """Every stored id (oldest first), or none when this process restores sessions lazily (``preload``)."""
-        return self.all_ids() if self.preload else []
-
-    def all_ids(self) -> list[str]:
+        """Every stored id, oldest first."""
         with self._errors("read"):
             return list(self._redis.zrange(self._ids_key, 0, -1))
-
-    def summaries(self) -> list[dict[str, Any]]:
-        """Meta plus attached file names of every stored session, for admin views across workers."""
-        ids = self.all_ids()
-        with self._errors("read"):
-            pipe = self._redis.pipeline(transaction=False)
-            for session_id in ids:
-                pipe.get(self._keys(session_id)[0])
-                pipe.hkeys(self._keys(session_id)[2])
-            replies = pipe.execute()
-        out = []
-        for raw, names in zip(replies[::2], replies[1::2], strict=True):
-            if raw is not None:
-                out.append({**json.loads(raw), "files": list(names)})
-        return out
 
     def list_page(self, offset: int = 0, limit: int = 100, *, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
         """Stored metas, latest ``last_active`` first (ties: greater id first), skipping ``exclude``.

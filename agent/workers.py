@@ -12,12 +12,11 @@ sticky per Gradio session (see :mod:`agent.proxy`) use them all. The supervisor 
 - on SIGTERM/SIGINT has every worker drain (refuse new joins, finish replies for
   ``server.shutdown_grace_s``), then stops HAProxy and exits 0; a second signal forces the workers.
 
-A worker (``python -m agent.workers``) is today's single-process app with two differences: it restores
-sessions lazily from the shared store (:attr:`agent.store.RedisStore.preload` off), and its admin API
-answers ``GET /admin/api/sessions`` and ``GET /admin/api/queue`` for the whole set by asking its peers
-over loopback (:class:`PeerAdmin`), so those answers are the same from any worker; ``queue`` lists each
-worker's live figures under ``workers``. Per-session admin routes reach the session's own worker
-through the proxy's hashing.
+A worker (``python -m agent.workers``) is today's single-process app (which reads sessions from the
+shared store only when they come back) whose admin API answers the session and queue routes for the
+whole set by asking its peers over loopback (:class:`PeerAdmin`), so those answers are the same from
+any worker; ``queue`` lists each worker's live figures under ``workers``. A conversation id says
+nothing about which worker holds it, so ``GET|DELETE /admin/api/sessions/{id}`` ask every worker too.
 """
 
 from __future__ import annotations
@@ -345,7 +344,11 @@ def _banner(console: Any, loaded: LoadedSettings, url: str, workers: list[Worker
 
 
 class PeerAdmin:
-    """ASGI wrapper: ``GET /admin/api/sessions`` and ``/queue`` answer for every worker, asked over loopback."""
+    """ASGI wrapper: the admin API's session and queue routes answer for every worker, asked over loopback.
+
+    HAProxy sends a Gradio session to one worker by its hash, but a conversation id says nothing about
+    which worker holds it: ``GET|DELETE /admin/api/sessions/{id}`` ask every worker too.
+    """
 
     def __init__(self, app: Any, ctx: Any, index: int, peers: list[int], token: str):
         self.app = app
@@ -356,9 +359,7 @@ class PeerAdmin:
         self._client: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].rstrip("/") in (
-            "/admin/api/sessions", "/admin/api/queue"
-        ):
+        if scope["type"] == "http" and self._fanned_out(scope):
             headers = dict(scope.get("headers") or [])
             if LOCAL_HEADER.encode() not in headers:
                 from agent.admin import token_refusal
@@ -368,11 +369,19 @@ class PeerAdmin:
                 if refusal is not None:
                     await self.app(scope, receive, send)  # the admin API's own 401/403, as one worker answers
                     return
-                await self._aggregate(scope["path"].rstrip("/").rsplit("/", 1)[-1], headers, send)
+                await self._aggregate(scope, headers, send)
                 return
         await self.app(scope, receive, send)
 
-    async def _aggregate(self, what: str, headers: dict[bytes, bytes], send: Any) -> None:
+    @staticmethod
+    def _fanned_out(scope: dict[str, Any]) -> bool:
+        path = scope["path"].rstrip("/")
+        if scope["method"] == "GET" and path in ("/admin/api/sessions", "/admin/api/queue"):
+            return True
+        return scope["method"] in ("GET", "DELETE") and path.startswith("/admin/api/sessions/") \
+            and path.count("/") == 4
+
+    async def _aggregate(self, scope: dict[str, Any], headers: dict[bytes, bytes], send: Any) -> None:
         import httpx
 
         if self._client is None:
@@ -380,40 +389,57 @@ class PeerAdmin:
         forward = {LOCAL_HEADER: "1"}
         if b"authorization" in headers:
             forward["authorization"] = headers[b"authorization"].decode("latin-1")
+        method, path = scope["method"], scope["path"].rstrip("/")
+        query = scope.get("query_string", b"").decode("latin-1")
 
         async def ask(port: int) -> tuple[int, Any]:
             try:
-                response = await self._client.get(f"http://127.0.0.1:{port}/admin/api/{what}", headers=forward)
+                response = await self._client.request(
+                    method, f"http://127.0.0.1:{port}{path}" + (f"?{query}" if query else ""), headers=forward
+                )
             except httpx.HTTPError as exc:
                 return 0, f"unreachable ({type(exc).__name__})"
             return response.status_code, response.content
 
         answers = await asyncio.gather(*(ask(port) for port in self.peers))
         for status, body in answers:
-            if status in (401, 403):  # the token is wrong for all of them: say so as one worker would
+            if status in (401, 403, 422):  # the same for all of them: say so as one worker would
                 await _respond(send, status, body)
                 return
         ok = {i: json.loads(body) for i, (status, body) in enumerate(answers) if status == 200}
         errors = {i: (body if status == 0 else f"HTTP {status}") for i, (status, body) in enumerate(answers)
                   if status != 200}
-        merged = self._sessions(ok) if what == "sessions" else self._queue(ok, errors)
+        what = path.rsplit("/", 1)[-1]
+        if path.count("/") == 4:  # one conversation
+            if not ok:
+                await _respond(send, 404, b'{"detail": "no such session"}')
+                return
+            # A worker that holds it in memory knows more than one that read the store.
+            best = max(ok.values(), key=lambda found: found.get("state") != "stored")
+            await _respond(send, 200, json.dumps(best).encode())
+            return
+        merged = self._sessions(ok, query) if what == "sessions" else self._queue(ok, errors)
         await _respond(send, 200, json.dumps(merged).encode())
 
-    def _sessions(self, answers: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Union over workers (a live copy beats a stored one; running, then the latest, wins), plus the store."""
+    @staticmethod
+    def _sessions(answers: dict[int, list[dict[str, Any]]], query: str) -> list[dict[str, Any]]:
+        """Union over workers (a live copy beats a stored one; running, then the latest, wins), one page long."""
+        from urllib.parse import parse_qs
+
         best: dict[str, dict[str, Any]] = {}
+
+        def rank(summary: dict[str, Any]) -> tuple[bool, bool, float]:
+            state = summary.get("state")
+            return state != "stored", state == "running", float(summary.get("last_active") or 0)
+
         for sessions in answers.values():
             for summary in sessions:
                 have = best.get(summary["id"])
-                rank = (summary.get("state") == "running", summary.get("last_active", 0))
-                if have is None or rank > (have.get("state") == "running", have.get("last_active", 0)):
+                if have is None or rank(summary) > rank(have):
                     best[summary["id"]] = summary
-        store = self.ctx.sessions.store
-        if hasattr(store, "summaries"):  # sessions no worker holds right now (their worker restarted)
-            with contextlib.suppress(Exception):
-                for meta in store.summaries():
-                    best.setdefault(meta["id"], {**meta, "state": "idle"})
-        return sorted(best.values(), key=lambda s: s.get("last_active", 0), reverse=True)
+        limit = parse_qs(query).get("limit", ["1000"])[0]
+        ordered = sorted(best.values(), key=rank, reverse=True)
+        return ordered[: int(limit)] if limit.isdigit() else ordered
 
     def _queue(self, answers: dict[int, dict[str, Any]], errors: dict[int, str]) -> dict[str, Any]:
         """Sums over workers; latency percentiles are the worst worker's (percentiles do not add)."""
@@ -467,11 +493,10 @@ def run_worker(loaded: LoadedSettings, sock: socket.socket, index: int, peers: l
 
     from agent.admin import admin_token
     from agent.server import DrainingServer, _simulator, create_app
-    from agent.store import RedisStore, StoreError
+    from agent.store import StoreError
     from agent.store import state_dir as resolve_state_dir
 
     console = Console(stderr=True)
-    RedisStore.preload = False
     try:
         state_dir = resolve_state_dir(loaded.settings)
         with _simulator(loaded) as sim_url:

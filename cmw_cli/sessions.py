@@ -13,19 +13,26 @@ from cmw_cli.common import JsonOption, console, fail
 
 app = typer.Typer(help="Inspect and manage the sessions of a running server.", no_args_is_help=True)
 
-SessionId = Annotated[str, typer.Argument(help="Session id, as `cmw sessions list` shows it.")]
+SessionId = Annotated[str, typer.Argument(help="Session id, as `cmw sessions list` shows it, or a session hash.")]
 
 
 @app.command("list")
-def list_(url: UrlOption = None, token: TokenOption = None, json_: JsonOption = False) -> None:
-    """Every live session, most recently active first.
+def list_(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    json_: JsonOption = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Conversations per page.")] = 100,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many (the next page: --offset 100).")] = 0,
+) -> None:
+    """Conversations: those in memory first (running, idle), then the stored ones, most recent first.
 
     \b
     Example usage:
         cmw sessions list
+        cmw sessions list --offset 100 --limit 100
         cmw sessions list --json | jq '.[] | select(.state == "running") | .id'
     """
-    sessions = connect(url, token).get("sessions")
+    sessions = connect(url, token).get(f"sessions?offset={offset}&limit={limit}")
     if json_:
         print(json.dumps(sessions, indent=2))
         return

@@ -44,6 +44,7 @@ def render(url: str, health: dict[str, Any], queue: dict[str, Any]) -> Any:
         f"sessions: {sessions.get('active', 0)} active, {sessions.get('running', 0)} running · "
         f"{sessions.get('created_total', 0)} created, {sessions.get('restored_total', 0)} restored, "
         f"{sessions.get('evicted_total', 0)} evicted, {sessions.get('expired_total', 0)} expired"
+        + (f" · {sessions['stored']} stored" if sessions.get("stored") is not None else "")
     )
     table = Table(title=None, show_edge=False)
     table.add_column("event")
