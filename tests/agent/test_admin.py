@@ -123,10 +123,12 @@ def test_config_gives_sources_and_masks_the_api_key(api: httpx.Client) -> None:
 
 def test_session_detail_has_history_and_delete_frees_it(server: RunningServer, api: httpx.Client) -> None:
     client = chat(server, "remember me")
-    session_id = client.session_hash
+    detail = api.get(f"/admin/api/sessions/{client.session_hash}").json()  # an admin may name it by hash
+    session_id = detail["id"]
+    assert session_id != client.session_hash  # ids shown to operators are not session hashes
     listed = {s["id"]: s for s in api.get("/admin/api/sessions").json()}
     assert listed[session_id]["turns"] == 1 and listed[session_id]["state"] == "idle"
-    detail = api.get(f"/admin/api/sessions/{session_id}").json()
+    assert api.get(f"/admin/api/sessions/{session_id}").json() == detail
     assert [m["role"] for m in detail["history"]] == ["user", "assistant"]
     assert detail["history"][0]["content"] == "remember me"
     assert detail["files"] == {}

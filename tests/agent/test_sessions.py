@@ -1,4 +1,4 @@
-"""Session lifecycle: creation, restore, TTL, LRU cap, ending, per-session locking, counts."""
+"""Session lifecycle: creation, read-back, TTL, memory cap, retention, ending, tokens, locking, counts."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.sessions import LOG_LINES, Recent, Session, SessionManager
+from agent.sessions import INTERRUPTED, LOG_LINES, RUN, Recent, Session, SessionManager
 from agent.settings import Settings
 from agent.store import MemoryStore, SessionStore, SQLiteStore
 
 TTL = 100.0
+RETENTION = 10_000.0
 
 
 class Clock:
@@ -44,10 +45,13 @@ def store() -> MemoryStore:
 
 @pytest.fixture
 def make(tmp_path: Path, clock: Clock, store: MemoryStore) -> Callable[..., SessionManager]:
-    def factory(*, max_sessions: int = 10, store: SessionStore = store) -> SessionManager:
+    def factory(
+        *, max_sessions: int = 10, store: SessionStore = store, retention_s: float = RETENTION
+    ) -> SessionManager:
         return SessionManager(
             idle_ttl_s=TTL,
             max_sessions=max_sessions,
+            retention_s=retention_s,
             store=store,
             upload_root=tmp_path / "uploads",
             default_provider="sim",
@@ -162,14 +166,42 @@ def test_finish_without_start_is_refused(manager: SessionManager) -> None:
         manager.finish_turn(manager.get_or_create("a"), "reply")
 
 
-def test_a_completed_turn_is_in_the_store(manager: SessionManager, store: MemoryStore) -> None:
+def test_the_user_message_is_stored_when_the_turn_starts(manager: SessionManager, store: MemoryStore) -> None:
     session = manager.get_or_create("a")
     manager.start_turn(session, "hello")
-    assert store.load("a") is None  # only completed turns are persisted
-    manager.finish_turn(session, "hi", tokens=2)
+    manager.writer.flush()
     record = store.load("a")
-    assert record["turns"] == 1 and record["tokens"] == 2
+    assert record["history"] == [{"role": "user", "content": "hello"}]
+    assert record["pending"]["run"] == RUN and record["pending"]["pid"] == os.getpid()
+    manager.finish_turn(session, "hi", tokens=2)
+    manager.writer.flush()
+    record = store.load("a")
+    assert record["turns"] == 1 and record["tokens"] == 2 and record["pending"] is None
     assert record["history"] == session.history
+
+
+def test_a_turn_cut_by_a_dead_process_reads_back_interrupted(manager: SessionManager, store: MemoryStore) -> None:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pending = {"since": 1.0, "pid": int(done.stdout), "run": "a-run-that-ended"}
+    store.append_messages("cut", [{"role": "user", "content": "keep me"}],
+                          meta={"id": "cut", "turns": 2, "errors": 0, "pending": pending})
+    assert manager.peek("cut")["history"][-1] == {"role": "assistant", "content": INTERRUPTED}
+    assert store.load("cut")["pending"] == pending  # the admin's look changes nothing
+    session = manager.get_or_create("cut")
+    assert [m["content"] for m in session.history] == ["keep me", INTERRUPTED]
+    assert (session.turns, session.errors) == (3, 1)
+    manager.writer.flush()
+    record = store.load("cut")
+    assert record["history"] == session.history and record["pending"] is None
+
+
+def test_a_turn_in_flight_in_a_live_process_is_not_called_interrupted(
+    manager: SessionManager, store: MemoryStore
+) -> None:
+    """Another worker (here: the parent process) is still replying: the record is read as it is."""
+    pending = {"since": 1.0, "pid": os.getppid(), "run": "another-worker"}
+    store.append_messages("busy", [{"role": "user", "content": "q"}], meta={"id": "busy", "pending": pending})
+    assert [m["content"] for m in manager.get_or_create("busy").history] == ["q"]
 
 
 def test_the_session_log_is_bounded_and_its_own(manager: SessionManager, clock: Clock) -> None:
@@ -180,34 +212,100 @@ def test_the_session_log_is_bounded_and_its_own(manager: SessionManager, clock: 
     assert [message for _, message in other.log] == ["session created"]
 
 
-def test_clear_forgets_the_conversation_here_and_in_the_store(manager: SessionManager, store: MemoryStore) -> None:
+def test_clear_forgets_the_conversation_here_and_in_the_store_and_revokes_its_token(
+    manager: SessionManager, store: MemoryStore
+) -> None:
     session = manager.get_or_create("a")
     manager.record_turn(session, "hello", "hi")
-    assert manager.clear_history("a") is True
+    token = manager.token(session)
+    manager.clear_history(session)
+    manager.writer.flush()
     assert session.history == [] and session.turns == 1
     assert store.load("a")["history"] == []
-    assert manager.clear_history("nobody") is False
+    assert manager.come_back("another-tab", token) is False
+    assert manager.come_back("another-tab", manager.token(session)) is True
 
 
 def test_release_frees_a_page_view_that_never_chatted(manager: SessionManager) -> None:
-    manager.get_or_create("viewer")
-    assert manager.release("viewer") is True
-    assert manager.get("viewer") is None
+    viewer = manager.conversation_id("viewer-hash")
+    manager.get_or_create(viewer)
+    assert manager.release("viewer-hash") is True
+    assert manager.get(viewer) is None
     assert manager.counts()["ended_by_reason"] == {"unload": 1}
 
 
 def test_release_keeps_a_conversation_for_the_returning_browser(manager: SessionManager) -> None:
-    session = manager.get_or_create("chatter")
+    chatter = manager.conversation_id("chatter-hash")
+    session = manager.get_or_create(chatter)
     manager.record_turn(session, "hello", "hi")
-    assert manager.release("chatter") is False
-    assert manager.known("chatter") and manager.get("chatter") is session
+    assert manager.release("chatter-hash") is False
+    assert manager.get(chatter) is session
 
 
-def test_known_sees_live_and_persisted_sessions(manager: SessionManager, store: MemoryStore) -> None:
+def test_get_sees_live_and_stored_sessions(manager: SessionManager, store: MemoryStore) -> None:
     manager.get_or_create("live")
-    store.save_session({"id": "persisted"})
-    assert manager.known("live") and manager.known("persisted")
-    assert not manager.known("nobody") and not manager.known("")
+    store.save_session({"id": "stored"})
+    assert manager.get("live") is not None and manager.get("stored") is not None
+    assert manager.get("nobody") is None and manager.get("") is None
+
+
+# ---------------------------------------------------------------- identity and tokens
+
+
+def test_conversation_ids_are_derived_from_the_hash_and_are_not_hashes(manager: SessionManager) -> None:
+    first, again, other = (manager.conversation_id(h) for h in ("hash-1", "hash-1", "hash-2"))
+    assert first == again != other
+    assert "hash-1" not in first and len(first) == 33
+    assert manager.conversation_id(first) != first  # an id sent as a hash is another conversation
+
+
+def test_a_token_brings_another_hash_back_to_the_conversation(manager: SessionManager) -> None:
+    session = manager.get_or_create(manager.conversation_id("tab-1"))
+    manager.record_turn(session, "hello", "hi")
+    assert manager.come_back("tab-2", manager.token(session)) is True
+    assert manager.conversation_id("tab-2") == session.id
+    manager.forget_hash("tab-2")  # tab closed: its hash leads back to nothing of it
+    assert manager.conversation_id("tab-2") != session.id
+
+
+def test_forged_and_foreign_tokens_open_nothing(manager: SessionManager) -> None:
+    session = manager.get_or_create(manager.conversation_id("victim"))
+    manager.record_turn(session, "secret", "ok")
+    cid, nonce, mac = manager.token(session).split(".")
+    for claim in ("victim", session.id, f"{cid}.{nonce}.{'0' * 64}", f"{cid}.{'1' * 32}.{mac}", None, 7, "",
+                  "x" * 10_000, f"{cid}..{mac}"):
+        assert manager.come_back("attacker", claim) is False, claim
+    assert manager.conversation_id("attacker") != session.id
+    assert manager.alias_count() == 0
+
+
+def test_a_token_survives_a_restart_on_the_same_store(make: Callable[..., SessionManager], tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    before = make(store=SQLiteStore(path))
+    session = before.get_or_create(before.conversation_id("tab"))
+    before.record_turn(session, "q", "a")
+    token = before.token(session)
+    before.close()
+    after = make(store=SQLiteStore(path))
+    try:
+        assert after.come_back("new-tab", token) is True
+        assert [m["content"] for m in after.get_or_create(after.conversation_id("new-tab")).history] == ["q", "a"]
+    finally:
+        after.close()
+
+
+def test_aliases_stay_bounded_and_go_with_their_conversation(make: Callable[..., SessionManager]) -> None:
+    manager = make(max_sessions=1)
+    session = manager.get_or_create(manager.conversation_id("owner"))
+    manager.record_turn(session, "q", "a")
+    token = manager.token(session)
+    for n in range(manager.max_aliases + 50):
+        assert manager.come_back(f"tab-{n}", token)
+    assert manager.alias_count() == manager.max_aliases
+    manager.get_or_create("someone-else")  # frees the conversation from memory: its aliases stay
+    assert manager.alias_count() == manager.max_aliases
+    assert manager.end(session.id, "killed")
+    assert manager.alias_count() == 0
 
 
 def test_model_choice_and_files_persist(manager: SessionManager, store: MemoryStore) -> None:
@@ -217,6 +315,7 @@ def test_model_choice_and_files_persist(manager: SessionManager, store: MemorySt
     manager.attach_file(session, "b.txt", "beta")
     assert manager.remove_file(session, "b.txt") is True
     assert manager.remove_file(session, "b.txt") is False
+    manager.writer.flush()
     record = store.load("a")
     assert (record["provider"], record["model"], record["files"]) == ("openai", "gpt-4o-mini", {"a.txt": "alpha"})
 
@@ -237,16 +336,19 @@ def test_summary_has_the_sessions_list_fields(manager: SessionManager) -> None:
 # ---------------------------------------------------------------- TTL and LRU
 
 
-def test_an_idle_session_expires_after_the_ttl(manager: SessionManager, clock: Clock, store: MemoryStore) -> None:
+def test_an_idle_session_leaves_memory_after_the_ttl_and_its_conversation_stays(
+    manager: SessionManager, clock: Clock, store: MemoryStore
+) -> None:
     session = manager.get_or_create("a")
     manager.record_turn(session, "hello", "hi")
     clock.advance(TTL)
     assert manager.sweep() == 0  # idle for exactly the TTL is still allowed
     clock.advance(1)
     assert manager.sweep() == 1
-    assert manager.get("a") is None and store.load("a") is None
-    assert session.ended == "expired" and session.history == []
+    assert not manager.is_live("a") and session.history == [] and session.ended is None
     assert manager.counts()["expired_total"] == 1
+    back = manager.get_or_create("a")
+    assert back is not session and [m["content"] for m in back.history] == ["hello", "hi"]
 
 
 def test_activity_postpones_expiry(manager: SessionManager, clock: Clock) -> None:
@@ -277,6 +379,79 @@ def test_the_least_recently_active_session_is_evicted(make: Callable[..., Sessio
     assert sorted(s.id for s in manager.list()) == ["a", "c"]
     assert manager.get("a") is a
     assert manager.counts()["evicted_total"] == 1
+
+
+def test_eviction_frees_empty_sessions_first_and_never_erases_a_conversation(
+    make: Callable[..., SessionManager], clock: Clock, store: MemoryStore
+) -> None:
+    manager = make(max_sessions=3)
+    chatter = manager.get_or_create("chatter")
+    manager.record_turn(chatter, "remember", "ok")
+    for n in range(10):  # page views that never chat, each more recent than the chatter
+        clock.advance(1)
+        manager.get_or_create(f"viewer-{n}")
+    assert manager.is_live("chatter")  # empty ones went first
+    for n in range(5):  # people who chat push it out of memory, not out of the store
+        clock.advance(1)
+        manager.record_turn(manager.get_or_create(f"talker-{n}"), "hi", "hello")
+    assert not manager.is_live("chatter")
+    manager.writer.flush()
+    assert [m["content"] for m in store.load("chatter")["history"]] == ["remember", "ok"]
+    assert [m["content"] for m in manager.get_or_create("chatter").history] == ["remember", "ok"]
+
+
+def test_start_up_reads_nothing_and_sessions_come_back_on_demand(
+    make: Callable[..., SessionManager], store: MemoryStore
+) -> None:
+    before = make()
+    for n in range(5):
+        before.record_turn(before.get_or_create(f"s{n}"), "q", "a")
+    before.writer.flush()
+    after = make()
+    assert after.list() == [] and after.counts()["restored_total"] == 0
+    assert after.get_or_create("s3").turns == 1 and after.counts()["restored_total"] == 1
+
+
+def test_summaries_page_live_sessions_then_stored_ones(
+    make: Callable[..., SessionManager], clock: Clock, store: MemoryStore
+) -> None:
+    manager = make(max_sessions=2)
+    for n in range(6):
+        clock.advance(1)
+        manager.record_turn(manager.get_or_create(f"s{n}"), "q", "a")
+    manager.writer.flush()
+    everything = manager.summaries(0, 100)
+    assert [(s["id"], s["state"]) for s in everything] == [
+        ("s5", "idle"), ("s4", "idle"), ("s3", "stored"), ("s2", "stored"), ("s1", "stored"), ("s0", "stored")
+    ]
+    pages = [manager.summaries(offset, 4) for offset in (0, 4)]
+    assert [s["id"] for page in pages for s in page] == [s["id"] for s in everything]
+    assert all("token_nonce" not in s and "pending" not in s for s in everything)
+
+
+def test_retention_deletes_conversations_idle_past_it(
+    make: Callable[..., SessionManager], clock: Clock, store: MemoryStore
+) -> None:
+    manager = make(retention_s=RETENTION)
+    old = manager.get_or_create(manager.conversation_id("old"))
+    manager.record_turn(old, "q", "a")
+    assert manager.come_back("old-tab-2", manager.token(old))
+    clock.advance(RETENTION / 2)
+    manager.record_turn(manager.get_or_create("recent"), "q", "a")
+    clock.advance(RETENTION / 2 + 1)
+    assert manager.sweep() >= 1
+    assert store.load(old.id) is None and store.load("recent") is not None
+    assert manager.alias_count() == 0 and manager.counts()["purged_total"] == 1
+
+
+def test_retention_zero_keeps_conversations(make: Callable[..., SessionManager], clock: Clock,
+                                            store: MemoryStore) -> None:
+    manager = make(retention_s=0)
+    manager.record_turn(manager.get_or_create("kept"), "q", "a")
+    clock.advance(10 * RETENTION)
+    manager.sweep()
+    manager.writer.flush()
+    assert store.load("kept") is not None
 
 
 def test_a_running_session_is_never_evicted(make: Callable[..., SessionManager], clock: Clock) -> None:
@@ -323,7 +498,9 @@ def test_end_frees_everything_and_deletes_the_record(manager: SessionManager, st
     (folder / "upload.txt").write_text("data")
     manager.attach_file(session, "upload.txt", "data")
     manager.record_turn(session, "hello", "hi")
+    token = manager.token(session)
     assert manager.end("a", "killed") is True
+    assert manager.come_back("tab", token) is False
     assert not folder.exists()
     assert store.load("a") is None and manager.get("a") is None
     assert (session.history, session.files, list(session.log), session.upload_dir) == ([], {}, [], None)
@@ -346,6 +523,7 @@ def test_a_reply_finishing_after_a_kill_is_not_persisted(manager: SessionManager
     manager.start_turn(session, "hello")
     manager.end("a", "killed")
     manager.finish_turn(session, "late reply")
+    manager.writer.flush()
     assert store.load("a") is None
     assert manager.get("a") is None
 
@@ -376,6 +554,8 @@ def test_counts(make: Callable[..., SessionManager], clock: Clock) -> None:
         "expired_total": 0,
         "ended_total": 2,
         "ended_by_reason": {"evicted": 1, "killed": 1},
+        "purged_total": 0,
+        "aliases": 0,
         "store_errors": 0,
     }
 
@@ -383,7 +563,7 @@ def test_counts(make: Callable[..., SessionManager], clock: Clock) -> None:
 # ---------------------------------------------------------------- restore after a restart
 
 
-def test_a_restart_restores_every_persisted_session(make: Callable[..., SessionManager], tmp_path: Path) -> None:
+def test_a_restart_reads_back_every_stored_session(make: Callable[..., SessionManager], tmp_path: Path) -> None:
     path = tmp_path / "sessions.db"
     before = make(store=SQLiteStore(path))
     session = before.get_or_create("browser-1")
@@ -396,41 +576,18 @@ def test_a_restart_restores_every_persisted_session(make: Callable[..., SessionM
 
     after = make(store=SQLiteStore(path))
     try:
-        assert [s.id for s in after.list()] == ["browser-1"]
-        assert after.counts()["restored_total"] == 1
+        assert after.list() == []
+        assert [s["id"] for s in after.summaries()] == ["browser-1"]
         restored = after.get_or_create("browser-1")
+        assert after.counts()["restored_total"] == 1
         assert [m["content"] for m in restored.history] == ["q1", "a1", "q2", "a2"]
         assert (restored.turns, restored.tokens) == (2, 9)
         assert (restored.provider, restored.model) == ("openrouter", "some/model")
         assert restored.files == {"a.txt": "alpha"}
         assert restored.created == session.created
+        assert after.get("never-chatted") is None
     finally:
         after.close()
-
-
-def test_sessions_idle_past_the_ttl_are_dropped_at_restart(
-    make: Callable[..., SessionManager], clock: Clock, store: MemoryStore
-) -> None:
-    before = make()
-    before.record_turn(before.get_or_create("old"), "q", "a")
-    clock.advance(TTL / 2)
-    before.record_turn(before.get_or_create("recent"), "q", "a")
-    clock.advance(TTL / 2 + 1)
-    after = make()
-    assert [s.id for s in after.list()] == ["recent"]
-    assert store.load("old") is None
-
-
-def test_a_restart_keeps_at_most_max_sessions(
-    make: Callable[..., SessionManager], clock: Clock, store: MemoryStore
-) -> None:
-    before = make(max_sessions=10)
-    for sid in ("a", "b", "c"):
-        before.record_turn(before.get_or_create(sid), "q", "a")
-        clock.advance(1)
-    after = make(max_sessions=2)
-    assert sorted(s.id for s in after.list()) == ["b", "c"]
-    assert sorted(store.list_ids()) == ["b", "c"]
 
 
 def test_get_or_create_restores_a_record_written_elsewhere(manager: SessionManager, store: MemoryStore) -> None:
@@ -445,8 +602,8 @@ def test_get_or_create_restores_a_record_written_elsewhere(manager: SessionManag
 
 def test_get_finds_a_persisted_session_for_the_admin(manager: SessionManager, store: MemoryStore) -> None:
     store.save_session({"id": "persisted", "turns": 3})
-    session = manager.get("persisted")
-    assert session is not None and session.turns == 3
+    assert manager.peek("persisted")["turns"] == 3 and manager.peek("persisted")["state"] == "stored"
+    assert not manager.is_live("persisted")  # looking does not load it
 
 
 def test_from_settings_uses_the_state_dir_and_reaps_dead_uploads(tmp_path: Path) -> None:
@@ -511,7 +668,7 @@ async def test_two_sessions_reply_in_parallel(manager: SessionManager) -> None:
     assert x.turns == y.turns == 1
 
 
-async def test_the_sweeper_ends_expired_sessions(manager: SessionManager, clock: Clock) -> None:
+async def test_the_sweeper_frees_expired_sessions(manager: SessionManager, clock: Clock) -> None:
     manager.get_or_create("a")
     clock.advance(TTL + 1)
     swept = asyncio.Event()
@@ -529,4 +686,4 @@ async def test_the_sweeper_ends_expired_sessions(manager: SessionManager, clock:
         await asyncio.wait_for(swept.wait(), timeout=10)
     finally:
         task.cancel()
-    assert manager.get("a") is None
+    assert not manager.is_live("a")

@@ -287,6 +287,7 @@ manager = SessionManager(idle_ttl_s=3600, max_sessions=10, store=SQLiteStore(sys
 session = manager.get_or_create("victim")
 for i in range(100_000):
     manager.record_turn(session, f"q{i}", f"a{i}", tokens=1, latency=0.1, ttft=0.01)
+    manager.writer.flush()  # writes go to the store's thread: committed once flushed
     print(i + 1, flush=True)
 """
 

@@ -227,7 +227,7 @@ def test_a_v1_redis_store_upgrades_and_keeps_every_message(client, redis_url: st
         # Scores the migration wrote keep every digit: "early" goes, "late" (0.3 µs later) stays.
         assert sorted(store.purge_inactive(LATE)) == ["early", "s1", "s3"]
         assert store.load("late")["history"] == history("late")
-        assert store.all_ids() == ["s2", "late"]
+        assert store.list_ids() == ["s2", "late"]
         assert len(store.key("session-token")) == 32
     finally:
         store.close()

@@ -32,13 +32,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_redis(workdir: Path) -> Iterator[str]:
+def running_redis(workdir: Path, *extra: str) -> Iterator[str]:
     """redis-server on a free loopback port, no persistence files outside ``workdir``; yields its URL."""
     assert REDIS_SERVER is not None
     port = _free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
-           "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+           "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", *extra]
     log = open(workdir / "redis.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -130,8 +130,8 @@ def test_another_process_sees_every_write(store: RedisStore, redis_url: str) -> 
         assert loaded is not None and loaded["turns"] == 3
         assert [m["content"] for m in loaded["history"]] == ["q0", "a0", "q1", "a1", "q2", "a2"]
         store.save_session(meta("s2", created=5.0))
-        assert other.all_ids() == ["s1", "s2"]
-        assert [s["id"] for s in other.summaries()] == ["s1", "s2"]
+        assert other.list_ids() == ["s1", "s2"]
+        assert [s["id"] for s in other.list_page()] == ["s2", "s1"]
     finally:
         other.close()
 
@@ -149,7 +149,7 @@ def test_delete_removes_everything(store: RedisStore) -> None:
     store.append_messages("s1", [msg("user", "hi")], meta=meta())
     assert store.delete("s1") is True
     assert store.load("s1") is None
-    assert store.all_ids() == []
+    assert store.list_ids() == []
     assert sorted(store._redis.keys("cmw:*")) == ["cmw:migrations", "cmw:schema"]  # the store's own, not the session's
     assert store.delete("s1") is False
 
@@ -171,14 +171,6 @@ def test_a_stale_copy_never_deletes_a_newer_record(store: RedisStore, redis_url:
 
 
 @needs_redis
-def test_preload_off_restores_lazily(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    store.save_session(meta())
-    assert store.list_ids() == ["s1"]
-    monkeypatch.setattr(RedisStore, "preload", False)
-    assert store.list_ids() == []
-    assert store.all_ids() == ["s1"]
-
-
 def test_unreachable_redis_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"redis://u:\*{8}@127\.0\.0\.1:\d+/0: cannot connect"):
         RedisStore(f"redis://u:secret@127.0.0.1:{_free_port()}/0")
@@ -192,7 +184,7 @@ def test_list_page_skips_and_drops_ids_whose_meta_is_gone(store: RedisStore) -> 
     assert [m["id"] for m in store.list_page()] == ["a", "c"]
     assert [m["id"] for m in store.list_page(1, 1)] == ["c"]
     assert store._redis.zrange("cmw:active", 0, -1) == ["c", "a"] and store.count() == 2
-    assert store.all_ids() == ["a", "c"]
+    assert store.list_ids() == ["a", "c"]
 
 
 @needs_redis

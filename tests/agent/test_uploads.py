@@ -17,6 +17,7 @@ from gradio_client import Client, handle_file
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.admin import token_path
 from agent.sessions import SessionManager
 from agent.store import MemoryStore
 from agent.uploads import MAX_NAME_CHARS, attach_upload, kind_problem, safe_name
@@ -203,8 +204,11 @@ def upload_raw(server: RunningServer, count: int, size: int = 10) -> httpx.Respo
     return httpx.post(f"{server.url}/gradio_api/upload", files=files, timeout=30)
 
 
-def upload_folder(server: RunningServer, session_id: str) -> Path:
-    """Where SessionManager.upload_dir puts this session's copies in the serving process."""
+def upload_folder(server: RunningServer, session_hash: str) -> Path:
+    """Where SessionManager.upload_dir puts this Gradio session's copies in the serving process."""
+    token = token_path(server.state_dir).read_text().strip()
+    session_id = httpx.get(f"{server.url}/admin/api/sessions/{session_hash}", timeout=10,
+                           headers={"Authorization": f"Bearer {token}"}).json()["id"]
     name = hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:32]
     return server.state_dir / "uploads" / str(server.proc.pid) / name
 

@@ -41,6 +41,13 @@ def listed(server: RunningServer) -> dict[str, dict]:
     return {item["id"]: item for item in json.loads(result.stdout)}
 
 
+def conversation_id(server: RunningServer, session_hash: str) -> str:
+    """The id `cmw sessions list` shows for a gradio_client's session (`show` also takes the hash)."""
+    result = cmw(server, "sessions", "show", session_hash, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["id"]
+
+
 def converse(client: Client, turns: int, prefix: str) -> None:
     for turn in range(turns):
         client.submit(f"{prefix} {turn}", api_name="/chat").result(timeout=60)
@@ -52,7 +59,7 @@ def two_users(server: RunningServer) -> dict[str, int]:
     users = {Client(server.url, verbose=False): 2, Client(server.url, verbose=False): 1}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda pair: converse(pair[0], pair[1], "hello"), users.items()))
-    return {user.session_hash: turns for user, turns in users.items()}
+    return {conversation_id(server, user.session_hash): turns for user, turns in users.items()}
 
 
 def test_list_json_shows_both_gradio_client_users_with_their_turn_counts(
@@ -93,7 +100,7 @@ def test_show_prints_the_conversation(server: RunningServer, two_users: dict[str
 def test_kill_frees_the_session_and_then_it_is_unknown(server: RunningServer) -> None:
     client = Client(server.url, verbose=False)
     converse(client, 1, "doomed")
-    session_id = client.session_hash
+    session_id = conversation_id(server, client.session_hash)
     assert session_id in listed(server)
 
     killed = cmw(server, "sessions", "kill", session_id)
@@ -194,8 +201,10 @@ def test_kill_9_during_load_then_restart_keeps_every_completed_turn(tmp_path: Pa
 
     with cmw_server(tmp_path, *slow) as second:
         sessions = listed(second)
-        for session_id, turns in seen.items():
-            # Every turn the client saw complete is there; one more may have completed as the kill landed.
-            assert turns <= sessions[session_id]["turns"] <= turns + 1
-            detail = json.loads(cmw(second, "sessions", "show", session_id, "--json").stdout)
-            assert len(detail["history"]) == 2 * sessions[session_id]["turns"]
+        for session_hash, turns in seen.items():
+            detail = json.loads(cmw(second, "sessions", "show", session_hash, "--json").stdout)
+            assert detail["id"] in sessions
+            # Every turn the client saw complete is there; one more may have completed (or been cut,
+            # and read back as "[interrupted]") as the kill landed.
+            assert turns <= detail["turns"] <= turns + 1
+            assert len(detail["history"]) == 2 * detail["turns"]
