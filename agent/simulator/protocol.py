@@ -19,8 +19,17 @@ from dataclasses import dataclass, field
 import httptools
 
 from agent.settings import SimSettings
-from agent.simulator import wire
 from agent.simulator.plan import DEFAULT_MODEL, Dice, Plan, RequestError, fault_token, parse_completion_request
+from agent.simulator.wire import (
+    LAST_CHUNK,
+    MALFORMED_EVENT,
+    StreamFrames,
+    chunk,
+    completion_body,
+    error_body,
+    json_head,
+    model_card,
+)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -140,36 +149,36 @@ class Connection(asyncio.Protocol):
         path = req.path.rstrip("/") or "/"
         if path == "/v1/chat/completions":
             if req.method != "POST":
-                return self.send_json(req, 405, wire.error_body(405, "Use POST for /v1/chat/completions."))
+                return self.send_json(req, 405, error_body(405, "Use POST for /v1/chat/completions."))
             try:
                 plan = parse_completion_request(req.body, req.headers, self.state.settings.reply_tokens)
             except RequestError as exc:
                 counters.bad_requests += 1
-                return self.send_json(req, exc.status, wire.error_body(exc.status, str(exc), exc.param))
+                return self.send_json(req, exc.status, error_body(exc.status, str(exc), exc.param))
             _Reply(self, req, plan).start()
         elif req.method != "GET":
-            self.send_json(req, 405, wire.error_body(405, f"Method {req.method} not allowed on {path}."))
+            self.send_json(req, 405, error_body(405, f"Method {req.method} not allowed on {path}."))
         elif path == "/health":
             self.send_json(req, 200, b'{"status":"ok"}')
         elif path == "/v1/models":
-            self.send_json(req, 200, json.dumps({"object": "list", "data": [wire.model_card(DEFAULT_MODEL)]}).encode())
+            self.send_json(req, 200, json.dumps({"object": "list", "data": [model_card(DEFAULT_MODEL)]}).encode())
         elif path.startswith("/v1/models/"):
-            self.send_json(req, 200, json.dumps(wire.model_card(path.removeprefix("/v1/models/"))).encode())
+            self.send_json(req, 200, json.dumps(model_card(path.removeprefix("/v1/models/"))).encode())
         else:
-            self.send_json(req, 404, wire.error_body(404, f"Unknown path {path}."))
+            self.send_json(req, 404, error_body(404, f"Unknown path {path}."))
 
     # -- writing
 
     def send_json(self, req: _Request, status: int, body: bytes, extra: list[tuple[str, str]] | None = None) -> None:
-        self.write(wire.json_head(status, len(body), req.keep_alive, extra) + body)
+        self.write(json_head(status, len(body), req.keep_alive, extra) + body)
         if not req.keep_alive:
             self.close()
 
     def _refuse(self, status: int, message: str) -> None:
         self.state.counters.bad_requests += 1
-        body = wire.error_body(status, message)
+        body = error_body(status, message)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(wire.json_head(status, len(body), keep_alive=False) + body)
+            self.transport.write(json_head(status, len(body), keep_alive=False) + body)
             self.transport.close()
 
     def write(self, data: bytes) -> None:
@@ -225,7 +234,7 @@ class _Reply:
         if fault is not None and fault.kind == "error":
             status = fault.status or 500
             extra = [("retry-after", "0")] if status == 429 else []
-            body = wire.error_body(status, f"Simulated HTTP {status} (cmw sim fault injection).", code="sim_fault")
+            body = error_body(status, f"Simulated HTTP {status} (cmw sim fault injection).", code="sim_fault")
             self.done = True
             self.conn.send_json(self.req, status, body, extra)
             return
@@ -281,9 +290,9 @@ class _Reply:
 
     def _send_whole(self) -> None:
         self.handle = None
-        body = wire.completion_body(self.plan, self.id, self.created)
+        body = completion_body(self.plan, self.id, self.created)
         kind = self.fault.kind if self.fault is not None else None
-        head = wire.json_head(200, len(body), self.req.keep_alive)
+        head = json_head(200, len(body), self.req.keep_alive)
         if kind == "disconnect":
             self.conn.write(head + body[: len(body) // 2])
             self._cut()
@@ -297,7 +306,7 @@ class _Reply:
     # -- streaming: one SSE event per token
 
     def _start_stream(self) -> None:
-        self.frames = wire.StreamFrames.build(self.plan, self.id, self.created, self.req.keep_alive)
+        self.frames = StreamFrames.build(self.plan, self.id, self.created, self.req.keep_alive)
         self.conn.write(self.frames.head)
         self.handle = self.loop.call_at(self.next_at, self._tick)
 
@@ -312,11 +321,11 @@ class _Reply:
             if i == self.fault_at:
                 kind = self.fault.kind  # type: ignore[union-attr]
                 if kind == "malformed":
-                    out.append(wire.MALFORMED_EVENT)
+                    out.append(MALFORMED_EVENT)
                     self.fault_at = -1
                     continue
                 if out:
-                    self.conn.write(wire.chunk(b"".join(out)))
+                    self.conn.write(chunk(b"".join(out)))
                 if kind == "disconnect":
                     self._cut()
                 else:
@@ -324,7 +333,7 @@ class _Reply:
                 return
             if i == n:
                 out.append(self.frames.tail)
-                self.conn.write(wire.chunk(b"".join(out)) + wire.LAST_CHUNK)
+                self.conn.write(chunk(b"".join(out)) + LAST_CHUNK)
                 self._finish(completed=True)
                 self.conn.reply_done(self.req.keep_alive)
                 return
@@ -334,5 +343,5 @@ class _Reply:
                 self.next_at += self.state.dice.gap_s()
                 if self.next_at > now:
                     break
-        self.conn.write(wire.chunk(b"".join(out)))
+        self.conn.write(chunk(b"".join(out)))
         self.handle = self.loop.call_at(self.next_at, self._tick)
