@@ -1,10 +1,8 @@
-"""The simulator as OpenAI clients see it: a real server on a free loopback port, real HTTP."""
+"""The simulator as OpenAI clients see it (openai, langchain-openai, raw HTTP): a real server, real sockets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 from collections.abc import Iterator
 
 import httpx
@@ -292,52 +290,3 @@ def test_seeded_fault_rates_repeat_exactly() -> None:
     assert first == outcomes()
     assert {"200", "cut"} <= set(first) and len(set(first)) > 2
 
-
-# --------------------------------------------------------------------------- the Python API
-
-
-async def test_simulator_runs_inside_the_callers_event_loop() -> None:
-    sim = Simulator(FAST, host="127.0.0.1", port=0)
-    await sim.start()
-    try:
-        assert sim.port != 0 and sim.base_url == f"http://127.0.0.1:{sim.port}/v1"
-        reply = await client(sim).chat.completions.create(model="m", messages=MESSAGES)
-        assert reply.choices[0].message.content.startswith(reply_header(USER_TEXTS))
-    finally:
-        await sim.stop()
-    with pytest.raises(openai.APIConnectionError):
-        await client(sim).chat.completions.create(model="m", messages=MESSAGES)
-
-
-async def test_counters_track_requests_and_active_streams() -> None:
-    slow = FAST.model_copy(update={"tokens_per_second": 20, "jitter": 0})
-    async with Simulator(slow, host="127.0.0.1", port=0) as sim:
-        stream = await client(sim).chat.completions.create(model="m", messages=MESSAGES, stream=True)
-        await stream.__anext__()
-        assert (sim.counters.requests, sim.counters.active_streams, sim.counters.active_requests) == (1, 1, 1)
-        await stream.close()
-        while sim.counters.active_streams:  # the server learns of the close on its next loop turn
-            await asyncio.sleep(0)
-        assert sim.counters.client_disconnects == 1 and sim.counters.completed == 0
-        assert sim.counters.peak_active_requests == 1
-
-
-async def test_stop_cuts_streams_in_flight() -> None:
-    slow = FAST.model_copy(update={"tokens_per_second": 20, "jitter": 0})
-    sim = Simulator(slow, host="127.0.0.1", port=0)
-    await sim.start()
-    stream = await client(sim).chat.completions.create(model="m", messages=MESSAGES, stream=True)
-    await stream.__anext__()
-    await sim.stop()
-    with pytest.raises(openai.APIConnectionError):
-        async for _ in stream:
-            pass
-    assert sim.counters.active_streams == 0
-
-
-def test_running_simulator_raises_when_the_port_is_taken() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        with pytest.raises(OSError), running_simulator(FAST, port=taken.getsockname()[1]):
-            pass

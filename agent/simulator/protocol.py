@@ -1,0 +1,347 @@
+"""The simulator's HTTP side: an asyncio protocol that parses requests, routes them, and paces replies.
+
+Routes: ``POST /v1/chat/completions`` (SSE streaming and not), ``GET /v1/models``,
+``GET /v1/models/{id}`` and ``GET /health``. It is a raw asyncio protocol (httptools parses
+requests) rather than an ASGI app: during benchmarks it streams to hundreds of clients on a small
+box, so each token is one timer callback and one ``transport.write`` of pre-encoded bytes, and
+tokens that fall due together go out in a single write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import httptools
+
+from agent.settings import SimSettings
+from agent.simulator.plan import DEFAULT_MODEL, Dice, Plan, RequestError, fault_token, parse_completion_request
+from agent.simulator.wire import (
+    LAST_CHUNK,
+    MALFORMED_EVENT,
+    StreamFrames,
+    chunk,
+    completion_body,
+    error_body,
+    json_head,
+    model_card,
+)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class SimCounters:
+    """What the simulator has done so far; tests and the app read it (from any thread)."""
+
+    requests: int = 0
+    completions: int = 0
+    active_requests: int = 0
+    active_streams: int = 0
+    peak_active_requests: int = 0
+    completed: int = 0
+    bad_requests: int = 0
+    client_disconnects: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+
+
+class SimState:
+    """What every connection of one simulator shares: settings, counters, dice and the open connections."""
+
+    def __init__(self, settings: SimSettings):
+        self.settings = settings
+        self.counters = SimCounters()
+        self.dice = Dice(settings)
+        self.connections: set[Connection] = set()
+        self._id_prefix = f"chatcmpl-sim{secrets.token_hex(4)}-"
+
+    def next_id(self) -> str:
+        """The id of the completion just counted."""
+        return f"{self._id_prefix}{self.counters.completions:x}"
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests with httptools and answers them one at a time."""
+
+    def __init__(self, state: SimState, loop: asyncio.AbstractEventLoop):
+        self.state = state
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: deque[_Request] = deque()
+        self.reply: _Reply | None = None
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self.pending.clear()
+        if self.reply is not None:
+            self.reply.cancel(by_client=True)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "Protocol upgrades are not supported.")
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, RequestError):  # raised by one of our callbacks
+                self._refuse(exc.__context__.status, str(exc.__context__))
+            else:
+                self._refuse(400, f"Malformed HTTP request: {exc}")
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._body, self._body_size = b"", {}, [], 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > MAX_BODY_BYTES:
+            raise RequestError(413, f"Request body exceeds {MAX_BODY_BYTES} bytes.")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else "/"
+        self.pending.append(_Request(
+            self.parser.get_method().decode("latin-1"), path, self._headers, b"".join(self._body),
+            self.parser.should_keep_alive(),
+        ))
+        if self.reply is None:
+            self._next()
+
+    # -- routes
+
+    def _next(self) -> None:
+        while self.reply is None and self.pending and self.transport is not None and not self.transport.is_closing():
+            self._dispatch(self.pending.popleft())
+
+    def _dispatch(self, req: _Request) -> None:
+        counters = self.state.counters
+        counters.requests += 1
+        path = req.path.rstrip("/") or "/"
+        if path == "/v1/chat/completions":
+            if req.method != "POST":
+                return self.send_json(req, 405, error_body(405, "Use POST for /v1/chat/completions."))
+            try:
+                plan = parse_completion_request(req.body, req.headers, self.state.settings.reply_tokens)
+            except RequestError as exc:
+                counters.bad_requests += 1
+                return self.send_json(req, exc.status, error_body(exc.status, str(exc), exc.param))
+            _Reply(self, req, plan).start()
+        elif req.method != "GET":
+            self.send_json(req, 405, error_body(405, f"Method {req.method} not allowed on {path}."))
+        elif path == "/health":
+            self.send_json(req, 200, b'{"status":"ok"}')
+        elif path == "/v1/models":
+            self.send_json(req, 200, json.dumps({"object": "list", "data": [model_card(DEFAULT_MODEL)]}).encode())
+        elif path.startswith("/v1/models/"):
+            self.send_json(req, 200, json.dumps(model_card(path.removeprefix("/v1/models/"))).encode())
+        else:
+            self.send_json(req, 404, error_body(404, f"Unknown path {path}."))
+
+    # -- writing
+
+    def send_json(self, req: _Request, status: int, body: bytes, extra: list[tuple[str, str]] | None = None) -> None:
+        self.write(json_head(status, len(body), req.keep_alive, extra) + body)
+        if not req.keep_alive:
+            self.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.state.counters.bad_requests += 1
+        body = error_body(status, message)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(json_head(status, len(body), keep_alive=False) + body)
+            self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close after what is buffered has been sent."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection now, and the reply in flight with it (the simulator is stopping)."""
+        if self.reply is not None:
+            self.reply.cancel(by_client=False)
+            self.reply = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def reply_done(self, keep_alive: bool) -> None:
+        self.reply = None
+        if keep_alive:
+            self._next()
+        else:
+            self.close()
+
+
+class _Reply:
+    """One chat completion being generated: paced by timer callbacks against absolute deadlines."""
+
+    def __init__(self, conn: Connection, req: _Request, plan: Plan):
+        self.conn = conn
+        self.req = req
+        self.plan = plan
+        self.state = state = conn.state
+        self.loop = conn.loop
+        self.handle: asyncio.TimerHandle | None = None
+        self.done = False
+        counters = state.counters
+        counters.completions += 1
+        self.id = state.next_id()
+        self.created = int(time.time())
+        self.fault = state.dice.fault(plan.fault)
+        if self.fault is not None:
+            counters.faults[self.fault.kind] += 1
+        self.fault_at = fault_token(plan.tokens) if self.fault is not None else -1
+        self.sent = 0
+        self.next_at = self.loop.time() + state.dice.ttft_s()
+
+    def start(self) -> None:
+        counters = self.state.counters
+        fault = self.fault
+        if fault is not None and fault.kind == "error":
+            status = fault.status or 500
+            extra = [("retry-after", "0")] if status == 429 else []
+            body = error_body(status, f"Simulated HTTP {status} (cmw sim fault injection).", code="sim_fault")
+            self.done = True
+            self.conn.send_json(self.req, status, body, extra)
+            return
+        self.conn.reply = self
+        counters.active_requests += 1
+        counters.peak_active_requests = max(counters.peak_active_requests, counters.active_requests)
+        if self.plan.stream:
+            counters.active_streams += 1
+            self._start_stream()
+        else:
+            self._start_whole()
+
+    def _finish(self, completed: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        counters = self.state.counters
+        counters.active_requests -= 1
+        if self.plan.stream:
+            counters.active_streams -= 1
+        if completed:
+            counters.completed += 1
+
+    def cancel(self, by_client: bool) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if by_client and not self.done:
+            self.state.counters.client_disconnects += 1
+        self._finish(completed=False)
+
+    def _cut(self) -> None:
+        """Drop the connection mid-reply: the client sees a body that never completes."""
+        self.handle = None
+        self._finish(completed=False)
+        self.conn.reply = None
+        self.conn.close()
+
+    def _stall(self) -> None:
+        """Go silent, then drop the connection."""
+        self.handle = self.loop.call_later(self.state.settings.stall_s, self._cut)
+
+    # -- non-streaming: one body after the whole reply's time
+
+    def _start_whole(self) -> None:
+        at = self.next_at
+        for _ in range(self.plan.tokens - 1):  # drawn even for a stall, so the seeded sequence does not depend on it
+            at += self.state.dice.gap_s()
+        if self.fault is not None and self.fault.kind == "stall":
+            self._stall()
+        else:
+            self.handle = self.loop.call_at(at, self._send_whole)
+
+    def _send_whole(self) -> None:
+        self.handle = None
+        body = completion_body(self.plan, self.id, self.created)
+        kind = self.fault.kind if self.fault is not None else None
+        head = json_head(200, len(body), self.req.keep_alive)
+        if kind == "disconnect":
+            self.conn.write(head + body[: len(body) // 2])
+            self._cut()
+            return
+        if kind == "malformed":
+            body = body[: len(body) // 2] + b" " * (len(body) - len(body) // 2)
+        self.conn.write(head + body)
+        self._finish(completed=True)
+        self.conn.reply_done(self.req.keep_alive)
+
+    # -- streaming: one SSE event per token
+
+    def _start_stream(self) -> None:
+        self.frames = StreamFrames.build(self.plan, self.id, self.created, self.req.keep_alive)
+        self.conn.write(self.frames.head)
+        self.handle = self.loop.call_at(self.next_at, self._tick)
+
+    def _tick(self) -> None:
+        """Send every token now due (usually one) in one write, then wait for the next deadline."""
+        self.handle = None
+        now = self.loop.time()
+        out: list[bytes] = []
+        n = self.plan.tokens
+        while True:
+            i = self.sent
+            if i == self.fault_at:
+                kind = self.fault.kind  # type: ignore[union-attr]
+                if kind == "malformed":
+                    out.append(MALFORMED_EVENT)
+                    self.fault_at = -1
+                    continue
+                if out:
+                    self.conn.write(chunk(b"".join(out)))
+                if kind == "disconnect":
+                    self._cut()
+                else:
+                    self._stall()
+                return
+            if i == n:
+                out.append(self.frames.tail)
+                self.conn.write(chunk(b"".join(out)) + LAST_CHUNK)
+                self._finish(completed=True)
+                self.conn.reply_done(self.req.keep_alive)
+                return
+            out.append(self.frames.token(i))
+            self.sent = i + 1
+            if self.sent < n:
+                self.next_at += self.state.dice.gap_s()
+                if self.next_at > now:
+                    break
+        self.conn.write(chunk(b"".join(out)))
+        self.handle = self.loop.call_at(self.next_at, self._tick)

@@ -1,0 +1,119 @@
+"""The bytes the simulator sends: HTTP/1.1 response heads, OpenAI JSON bodies and SSE events.
+
+Pure functions of a :class:`~agent.simulator.plan.Plan`, so the framing is testable without a socket.
+A stream's events are pre-encoded once per reply (:class:`StreamFrames`): sending a token is then
+one concatenation of constant bytes, which is what lets one process feed hundreds of streams.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from agent.fingerprints import reply_header
+from agent.simulator.plan import FILLER, Plan, reply_text
+
+# Filler tokens never change, so their JSON string literals are encoded once.
+FILLER_JSON = [json.dumps(" " + word).encode() for word in FILLER]
+MALFORMED_EVENT = b'data: {"id": "chatcmpl-malformed", "choices": [{"delta": {"content": \n\n'
+DONE_EVENT = b"data: [DONE]\n\n"
+LAST_CHUNK = b"0\r\n\r\n"
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> bytes:
+    """An OpenAI error object, typed by status as OpenAI types them."""
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+
+
+def response_head(status: int, headers: list[tuple[str, str]], keep_alive: bool) -> bytes:
+    """Status line and headers; ``connection: close`` when the connection ends after this response."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    lines = [f"HTTP/1.1 {status} {reason}", "server: cmw-sim"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if not keep_alive:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def json_head(status: int, length: int, keep_alive: bool, extra: list[tuple[str, str]] | None = None) -> bytes:
+    """The head of a JSON response of ``length`` bytes."""
+    headers = [("content-type", "application/json"), ("content-length", str(length)), *(extra or [])]
+    return response_head(status, headers, keep_alive)
+
+
+def chunk(payload: bytes) -> bytes:
+    """One chunk of a ``transfer-encoding: chunked`` body."""
+    return b"%x\r\n%b\r\n" % (len(payload), payload)
+
+
+def model_card(model_id: str) -> dict[str, Any]:
+    """A ``/v1/models`` entry."""
+    return {"id": model_id, "object": "model", "created": 1_700_000_000, "owned_by": "cmw-sim"}
+
+
+def completion_body(plan: Plan, reply_id: str, created: int) -> bytes:
+    """The whole ``chat.completion`` object of a non-streaming reply."""
+    return json.dumps({
+        "id": reply_id, "object": "chat.completion", "created": created, "model": plan.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": reply_text(plan.user_texts, plan.tokens),
+                        "refusal": None, "annotations": []},
+            "logprobs": None, "finish_reason": plan.finish_reason,
+        }],
+        "usage": plan.usage(), "system_fingerprint": None,
+    }).encode()
+
+
+@dataclass(frozen=True)
+class StreamFrames:
+    """A streamed reply's bytes: the head, one SSE event per token, and the tail (finish, usage, [DONE])."""
+
+    head: bytes
+    first: bytes
+    prefix: bytes
+    suffix: bytes
+    tail: bytes
+
+    @classmethod
+    def build(cls, plan: Plan, reply_id: str, created: int, keep_alive: bool) -> StreamFrames:
+        """Encode everything but the token text once; the fingerprint header is token 0."""
+        model = json.dumps(plan.model)
+        base = f'{{"id":"{reply_id}","object":"chat.completion.chunk","created":{created},"model":{model},' \
+               f'"system_fingerprint":null,"choices":['
+        usage_null = ',"usage":null' if plan.include_usage else ""
+        suffix = (f'}},"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n').encode()
+        header = json.dumps(reply_header(plan.user_texts)).encode()
+        first = (f'data: {base}{{"index":0,"delta":{{"role":"assistant","content":').encode() + header + suffix
+        tail = f'data: {base}{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{plan.finish_reason}"}}]' \
+               f'{usage_null}}}\n\n'
+        if plan.include_usage:
+            tail += f"data: {base}],\"usage\":{json.dumps(plan.usage())}}}\n\n"
+        head = response_head(200, [("content-type", "text/event-stream; charset=utf-8"),
+                                   ("cache-control", "no-cache"), ("transfer-encoding", "chunked"),
+                                   ("x-request-id", reply_id)], keep_alive)
+        return cls(
+            head=head,
+            first=first,
+            prefix=(f'data: {base}{{"index":0,"delta":{{"content":').encode(),
+            suffix=suffix,
+            tail=tail.encode() + DONE_EVENT,
+        )
+
+    def token(self, i: int) -> bytes:
+        """The SSE event of token ``i`` (0 is the fingerprint header, then filler words)."""
+        return self.first if i == 0 else self.prefix + FILLER_JSON[(i - 1) % len(FILLER_JSON)] + self.suffix
