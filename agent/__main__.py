@@ -12,7 +12,7 @@ def main() -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
-    from agent.server import serve
+    from agent.runtime import run as serve
 
     return serve(loaded)
 

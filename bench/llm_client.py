@@ -3,7 +3,7 @@
 Usage:  .venv/bin/python bench/llm_client.py [--streams 32] [--tokens 200] [--tps 2000] [--rounds 3]
                                             [--paths langchain,openai,httpx,httpx2,cmw] [--loop uvloop|asyncio]
 
-``cmw`` is the app's path: agent.llm.Providers.stream (agent/sse.py's decoder with its bounds) on the
+``cmw`` is the app's path: agent.app.llm.Providers.stream (agent/app/sse.py's decoder with its bounds) on the
 httpx2 client ChatOpenAI holds; ``httpx2`` is the bare line loop on the same HTTP library.
 
 The simulator (`cmw sim`) runs in a child process so only the client's CPU is counted
@@ -90,7 +90,7 @@ def make_paths(base_url: str) -> dict[str, Callable[[], Awaitable[int]]]:
 
         return stream
 
-    from agent.llm import Providers
+    from agent.app.llm import Providers
     from agent.settings import Settings
 
     providers = Providers(Settings(llm={"provider": "custom", "base_url": base_url, "max_retries": 0,

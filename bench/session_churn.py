@@ -13,8 +13,8 @@ Measured 2026-11-27 17:22 (2 shared cores, high-performance, memory store, --ttl
 91 turns/s): before 295.5 MB, peak 318.1 MB with 10,000 alive, after 318.7 MB (+7.9%), 2,367 B/session.
 Earlier the same day: +19.6% after and 7.2 KB/session. What closed the gap: Gradio's per-session queue
 entries (a set of event ids per hash ever seen, a ~3 KB message queue in an LRU of 2,000) are dropped
-once cmw ends the session (agent/queue.py forget_ended_sessions); Gradio's per-session copy of every
-block's config is built lazily (agent/gradio_state.py); the per-session stats and log are bounded lists,
+once cmw ends the session (agent/app/queue.py forget_ended_sessions); Gradio's per-session copy of every
+block's config is built lazily (agent/app/gradio_compat.py); the per-session stats and log are bounded lists,
 not deques (760 B each, empty). Freed pages mostly stay with the process (CPython arenas, glibc heap),
 so what matters is how much a session allocates in the first place.
 

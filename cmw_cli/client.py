@@ -101,8 +101,8 @@ def connect(url: str | None, token: str | None) -> AdminClient:
 
 
 def _from_token_file(url: str, settings: Any) -> AdminClient:
-    from agent.admin import token_path
-    from agent.store import StoreError, state_dir
+    from agent.app.admin import token_path
+    from agent.sessions.store import StoreError, state_dir
 
     try:
         path = token_path(state_dir(settings))

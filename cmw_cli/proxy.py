@@ -33,7 +33,7 @@ def proxy_config(
         cmw proxy-config -u http://10.0.0.5:7860 -u http://10.0.0.6:7860 > /etc/haproxy/haproxy.cfg
         cmw proxy-config -u http://app1:7860 -u http://app2:7860 --port 8080 -o haproxy.cfg
     """
-    from agent.proxy import ProxyError, haproxy_config, parse_upstream
+    from agent.runtime.proxy import ProxyError, haproxy_config, parse_upstream
 
     try:
         upstreams = [parse_upstream(url) for url in upstream]

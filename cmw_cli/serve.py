@@ -1,4 +1,4 @@
-"""`cmw serve`: turn flags into settings and hand them to agent.server.serve."""
+"""`cmw serve`: turn flags into settings and hand them to agent.runtime.run."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def serve(
         flags["server.workers"] = (_workers(workers), "--workers")
     loaded = load_or_exit(profile, set_, flags, show_warnings=False)
 
-    from agent.server import serve as run_server
+    from agent.runtime import run as run_server
 
     code = run_server(loaded)
     if code:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from agent.proxy import ProxyError, find_haproxy, haproxy_config, local_maxconn, parse_upstream
+from agent.runtime.proxy import ProxyError, find_haproxy, haproxy_config, local_maxconn, parse_upstream
 from cmw_cli.main import app
 
 runner = CliRunner()

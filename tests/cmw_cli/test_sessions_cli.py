@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client
 from typer.testing import CliRunner, Result
 
-from agent.admin import token_path
+from agent.app.admin import token_path
 from cmw_cli.main import app
 from tests.servers import RunningServer, cmw_server, free_port
 

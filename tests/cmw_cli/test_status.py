@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from agent.admin import token_path
+from agent.app.admin import token_path
 from cmw_cli.main import app
 from cmw_cli.status import duration
 from tests.servers import RunningServer, cmw_server, free_port

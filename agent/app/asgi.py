@@ -1,0 +1,165 @@
+"""The ASGI app one process serves: FastAPI with the Gradio UI at ``/`` and the admin API beside it.
+
+A request meets, outermost first: :class:`DrainMiddleware` (new work refused while the process drains),
+:class:`~agent.app.guard.RequestGuard` (body and upload caps, rate limits), then the routes: ``/admin/api``
+(:mod:`agent.app.admin`), ``/metrics`` (:mod:`agent.app.metrics`), ``/admin/docs``, and the mounted Gradio
+app (:mod:`agent.app.ui`), whose queue runs the chat handlers over the sessions (:mod:`agent.sessions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.settings import LoadedSettings
+
+log = logging.getLogger("cmw.server")
+
+
+def browser_secret(state_dir: Path) -> str:
+    """A per-installation secret for the browser's stored session id, kept across restarts."""
+    path = state_dir / "browser.secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+class DrainMiddleware:
+    """While draining, refuse new work (503) so in-flight replies can finish.
+
+    New work is a queue join or a ``/gradio_api/call/*`` POST (which joins the queue itself); reading the
+    result of a call already made (its GET) goes on.
+    """
+
+    def __init__(self, app: Any, ctx: Any):
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.ctx.draining and scope["type"] == "http" and _new_work(scope):
+            body = b'{"detail": "The server is shutting down; try again shortly."}'
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"5")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def _new_work(scope: dict[str, Any]) -> bool:
+    path = scope["path"].rstrip("/")
+    return path.endswith("/queue/join") or (scope.get("method") == "POST" and "/gradio_api/call/" in path)
+
+
+
+
+def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: Path) -> tuple[Any, Any]:
+    """The ASGI app (FastAPI + mounted Gradio) and its :class:`~agent.app.context.AppContext`."""
+    from agent.app import gradio_compat  # noqa: F401, I001 - sets Gradio's environment before Gradio is imported
+    import gradio as gr
+    from fastapi import FastAPI, HTTPException
+
+    from agent.app.context import AppContext
+    from agent.app.gradio_compat import mark_launched, skip_login_check_thread_hop, use_lean_session_state
+    from agent.app.llm import LLMError, Providers
+    from agent.app.ui import build_app
+    from agent.sessions.manager import SessionManager
+
+    settings = loaded.settings
+    providers = Providers(settings, sim_base_url)
+    sessions = SessionManager.from_settings(settings, state_dir)
+    sessions.default_model = providers.default_model(settings.llm.provider)
+    with contextlib.suppress(LLMError):
+        providers.chat_model(settings.llm.provider)  # import langchain/openai now, not in the first chat
+    ctx = AppContext(loaded=loaded, sessions=sessions, providers=providers, browser_secret=browser_secret(state_dir))
+    demo = build_app(ctx)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any):  # type: ignore[no-untyped-def]
+        interval_s = min(60.0, settings.sessions.idle_ttl_s / 4)
+        sweepers = [
+            asyncio.create_task(sessions.run_sweeper(interval_s)),
+            asyncio.create_task(_forget_ended_gradio_sessions(demo, ctx, interval_s)),
+        ]
+        try:
+            yield
+        finally:
+            for sweeper in sweepers:
+                sweeper.cancel()
+            sessions.close()
+
+    api = FastAPI(title="cmw", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/admin/openapi.json")
+    from agent.app.admin import admin_router, admin_token, docs_router, token_dependency
+    from agent.app.metrics import metrics_router
+
+    require_token = token_dependency(admin_token(settings, state_dir))
+    api.include_router(admin_router(ctx, require_token))
+    api.include_router(docs_router("cmw"))
+    api.include_router(metrics_router(ctx, require_token if settings.admin.metrics_require_token else None))
+
+    @api.get("/gradio_api/deep_link", include_in_schema=False)
+    def no_deep_links() -> None:
+        # Gradio would write any session's component values (its chat) to a file for whoever names the
+        # session hash, and fills disk on repeat. cmw has no deep-link button, and its session states
+        # hold only the blocks each session touched (agent/app/gradio_compat.py).
+        raise HTTPException(404, "deep links are off in cmw")
+
+    ttl = settings.server.upload_cache_ttl_s
+    demo.delete_cache = (max(1, min(ttl, 3600) // 4), ttl)  # Gradio's cleanup of its upload cache (and on exit)
+    app = gr.mount_gradio_app(
+        api,
+        demo,
+        path="/",
+        root_path=settings.server.root_path or None,
+        max_file_size=settings.sessions.max_upload_bytes,
+        ssr_mode=False,
+        footer_links=["api", "settings"],
+        run_history=False,
+        # Gradio's traffic dashboard: off. cmw's admin API and /metrics report the same figures behind
+        # the admin token; Gradio's /monitoring/summary would answer anyone.
+        enable_monitoring=False,
+    )
+    mark_launched(demo)
+    use_lean_session_state(demo)
+    skip_login_check_thread_hop(app)
+    from agent.app.guard import RequestGuard
+
+    app.add_middleware(RequestGuard, settings=settings, fns=demo.fns, on_refused=ctx.metrics.request_refused)
+    app.add_middleware(DrainMiddleware, ctx=ctx)
+    ctx.startup_log.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} cmw {_version()} started")
+    ctx.startup_log.append(f"profile {loaded.profile_name}; provider {settings.llm.provider}")
+    ctx.startup_log.append("limits " + ", ".join(f"{k}={v['limit']}" for k, v in ctx.monitor.as_dict().items()))
+    for warning in loaded.warnings:
+        ctx.startup_log.append(f"warning: {warning}")
+    return app, ctx
+
+
+async def _forget_ended_gradio_sessions(demo: Any, ctx: Any, interval_s: float) -> None:
+    """Sweep Gradio's per-session queue entries on the event loop, where Gradio mutates them."""
+    from agent.app.gradio_compat import forget_ended_sessions
+
+    def is_live(session_hash: str) -> bool:
+        return ctx.sessions.is_live(ctx.sessions.conversation_id(session_hash))
+
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            forget_ended_sessions(demo, is_live)
+        except Exception:  # the sweep must outlive any one failure
+            log.exception("sweep of Gradio's session entries failed")
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__

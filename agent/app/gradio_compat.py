@@ -1,0 +1,225 @@
+"""Every touch of Gradio's internals, in one place, each with why no public API does it.
+
+Written against gradio 6.31 (pyproject pins the 6.31 series); tests/agent/app/test_gradio_compat.py
+checks each assumption on real Gradio objects, so an upgrade that breaks one fails there, not in
+production. Gradio is imported inside the functions (``gradio`` costs ~4 s to import), except where a
+class must subclass one of Gradio's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from copy import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Read by Gradio when it is imported / when a queue is built. Telemetry off; and the monitoring records:
+# after every finished event Gradio rebuilds a summary of its last ANALYTICS_MAX_EVENTS events (a pandas
+# DataFrame in a worker thread competing for the GIL, ~10 ms at 10,000 events, and a ~0.5 s pandas
+# import on the first) for its monitoring dashboard, which cmw mounts off: keep one record and never
+# rebuild the summary.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**12))
+
+from gradio.state_holder import SessionState, StateHolder  # noqa: E402 - after the environment above
+
+# ---------------------------------------------------------------------------------------------- session state
+# On a session's first event Gradio builds a SessionState whose config_values holds the config of every
+# block (get_config, inspect.signature, API info): ~10 ms and ~30 KB per new session, on the event loop.
+# The values only serve deep links (closed by cmw) and Gradio fills in a missing entry itself when an event
+# updates a block, so the lean state starts empty. No public option skips the copy.
+
+
+class LeanSessionState(SessionState):
+    """A SessionState whose block configs are filled in on first use."""
+
+    def __init__(self, blocks: Any):  # the attributes of SessionState.__init__ (checked by a canary test)
+        self.blocks_config = copy(blocks.default_config)
+        self.config_values: dict[int, Any] = {}
+        self.state_data: dict[int, Any] = {}
+        self._state_ttl: dict[int, Any] = {}
+        self.is_closed = False
+        self.STATE_TTL_WHEN_CLOSED = 3600
+
+
+class LeanStateHolder(StateHolder):
+    """Gradio's StateHolder (LRU of session states), making lean states."""
+
+    def __getitem__(self, session_id: str) -> SessionState:
+        if session_id not in self.session_data:
+            self.session_data[session_id] = LeanSessionState(self.blocks)
+        return super().__getitem__(session_id)
+
+
+def use_lean_session_state(demo: Any) -> None:
+    """Make the mounted app's state holder (shared by Gradio's App and ``demo``) build lean states."""
+    holder = demo.state_holder
+    if holder.session_data:
+        raise RuntimeError("use_lean_session_state must run before the app serves a session")
+    holder.__class__ = LeanStateHolder
+
+
+def cap_session_states(demo: Any, capacity: int) -> None:
+    """Keep at most ``capacity`` per-session states. Gradio keeps one per session hash in an LRU of
+    ``state_session_capacity`` (10,000), a ``launch()`` argument that a mounted app cannot pass."""
+    demo.state_session_capacity = capacity
+
+
+# ---------------------------------------------------------------------------------------------- mounting
+
+
+def mark_launched(demo: Any) -> None:
+    """Tell Gradio the app is served. ``launch()`` sets ``has_launched``; a mounted app never does, and
+    without it Gradio skips its check that a file reference names a file a user uploaded, so any server
+    path could be copied into the cache. ``mount_gradio_app`` has no option for it."""
+    demo.has_launched = True
+
+
+def skip_login_check_thread_hop(app: Any) -> int:
+    """Answer Gradio's login check on the event loop when the app has no Gradio login; overrides made.
+
+    Every queue join, event stream and config request depends on Gradio's ``login_check``, a plain
+    function, so FastAPI runs it in a worker thread: two thread hops per request for a check that always
+    passes without auth. The check is a closure inside Gradio's ``App.create_app``, not importable; it is
+    found by identity as the endpoint of Gradio's own ``/login_check`` route, and only it is overridden,
+    so any other dependency Gradio adds stays in force. With a login configured, nothing changes.
+    """
+    from fastapi.routing import APIRoute
+    from gradio.routes import App as GradioApp
+
+    made = 0
+    for mount in app.routes:
+        gradio_app = getattr(mount, "app", None)
+        if not isinstance(gradio_app, GradioApp) or gradio_app.auth or gradio_app.auth_dependency:
+            continue
+        routes = list(gradio_app.router.routes)
+        while routes:
+            route = routes.pop()
+            nested = getattr(route, "original_router", None)  # FastAPI keeps included routers whole
+            if nested is not None:
+                routes.extend(nested.routes)
+            elif isinstance(route, APIRoute) and route.path.rstrip("/").endswith("/login_check") \
+                    and route.endpoint not in gradio_app.dependency_overrides:
+                gradio_app.dependency_overrides[route.endpoint] = _no_login_needed
+                made += 1
+    return made
+
+
+async def _no_login_needed() -> None:
+    return None
+
+
+def upload_folder() -> Path:
+    """Gradio's upload cache (``GRADIO_TEMP_DIR`` or the temp dir's ``gradio``): where real uploads land.
+
+    Gradio resolves it in ``gradio.utils.get_upload_folder``; no public name says where uploads go.
+    """
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder())
+
+
+def upload_refusal(message: str) -> Exception:
+    """The exception Gradio's upload route answers with 413 (deleting the files it had begun).
+
+    Raised from inside the multipart body stream, where only Gradio's own exception type is turned into
+    an answer rather than a 500.
+    """
+    from gradio.route_utils import MultiPartException
+
+    return MultiPartException(message)
+
+
+# ---------------------------------------------------------------------------------------------- the queue
+
+
+def coalesce_estimations(demo: Any) -> None:
+    """Send the queue's rank/ETA broadcasts once per burst of job starts instead of once per start.
+
+    With ``status_update_rate="auto"`` Gradio tells every waiting client its new rank each time a job
+    starts; when a burst of N users joins and N slots are free, that is N²/2 messages for ranks that are
+    gone before the clients read them (14 per turn at 16 users, more than the streamed updates
+    themselves). Gradio starts every startable job in one pass of its loop, so a broadcast deferred with
+    ``call_soon`` runs once after the pass and reaches only events still waiting. A joining event still
+    learns its rank at once. The queue's ``broadcast_estimations`` has no public switch.
+    """
+    queue = demo._queue
+    broadcast_now = queue.broadcast_estimations
+    due: set[str] = set()
+
+    def flush(concurrency_id: str) -> None:
+        due.discard(concurrency_id)
+        if concurrency_id in queue.event_queue_per_concurrency_id:
+            broadcast_now(concurrency_id)
+
+    def broadcast_estimations(concurrency_id: str, after: int | None = None) -> None:
+        if after is not None:  # a join: only the new event is told, and at once
+            broadcast_now(concurrency_id, after)
+        elif concurrency_id not in due:
+            due.add(concurrency_id)
+            asyncio.get_running_loop().call_soon(flush, concurrency_id)
+
+    queue.broadcast_estimations = broadcast_estimations
+
+
+@dataclass
+class QueueLoad:
+    """One event's share of Gradio's queue now."""
+
+    waiting: int
+    running: int
+    limit: int | None
+
+
+def event_load(demo: Any, fn_index: int) -> QueueLoad:
+    """Waiting and running jobs of one event, and its limit, as Gradio's queue holds them.
+
+    Gradio keeps per-concurrency-id queues (``event_queue_per_concurrency_id``) and exposes no figures;
+    an id's queue exists from the event's first join.
+    """
+    fn = demo.fns[fn_index]
+    queue = getattr(demo, "_queue", None)
+    # `is not None`: Gradio's Queue has a __len__, so an idle queue is falsy.
+    per_id = getattr(queue, "event_queue_per_concurrency_id", {}) if queue is not None else {}
+    event_queue = per_id.get(fn.concurrency_id)
+    if event_queue is None:
+        return QueueLoad(0, 0, fn.concurrency_limit if isinstance(fn.concurrency_limit, int) else None)
+    waiting = sum(1 for e in event_queue.queue if e.fn is fn)
+    limit = event_queue.concurrency_limit
+    return QueueLoad(waiting, event_queue.current_concurrency, limit if isinstance(limit, int) else None)
+
+
+def queue_length(demo: Any) -> int:
+    """Events waiting in Gradio's queue, over every event."""
+    queue = getattr(demo, "_queue", None)
+    return len(queue) if queue is not None else 0
+
+
+def forget_ended_sessions(demo: Any, is_live: Callable[[str], bool]) -> int:
+    """Drop Gradio's per-session queue entries of sessions that have ended; the number dropped.
+
+    Gradio keeps, for every session hash it ever saw, a set of event ids (emptied, never removed) and,
+    in an LRU of 2,000, a message queue of ~3 KB: ~9 MB after 10,000 sessions have come and gone
+    (bench/session_churn.py), with no API to release them. An entry goes only when nothing of it is
+    queued or running and cmw has freed its session, so no stream can still be delivering to it; a later
+    join by the same hash recreates both, as for a new session. Call it on the event loop, where Gradio
+    mutates them.
+    """
+    queue = demo._queue
+    forgotten = 0
+    for session_hash, event_ids in list(queue.pending_event_ids_session.items()):
+        if event_ids or is_live(session_hash):
+            continue
+        messages = queue.pending_messages_per_session.get(session_hash)
+        if messages is not None and not messages.empty():
+            continue
+        del queue.pending_event_ids_session[session_hash]
+        if messages is not None:
+            del queue.pending_messages_per_session[session_hash]
+        forgotten += 1
+    return forgotten
