@@ -24,6 +24,7 @@ from agent.metrics import AppMetrics
 from agent.queue import EVENTS, QueueMonitor, apply_queue, event_options
 from agent.sessions import MAX_ID_LENGTH, Session, SessionManager
 from agent.settings import LoadedSettings
+from agent.stats import percentiles
 from agent.streaming import ReplyStream, UpdatePacer
 from agent.uploads import attach_upload
 
@@ -31,16 +32,6 @@ log = logging.getLogger("cmw.app")
 
 MAX_MESSAGE_CHARS = 20_000
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's latest message."
-
-
-def percentiles(values: list[float] | deque[float], qs: tuple[float, ...] = (0.5, 0.95)) -> dict[str, float | None]:
-    """Nearest-rank percentiles in seconds (None when there is no data)."""
-    ordered = sorted(values)
-    out: dict[str, float | None] = {}
-    for q in qs:
-        name = f"p{round(q * 100)}"
-        out[name] = ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else None
-    return out
 
 
 @dataclass
