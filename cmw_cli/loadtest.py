@@ -183,7 +183,7 @@ def loadtest(
 
         def announce(name: str) -> None:
             if not quiet:
-                err_console.print(f"[bold]{name}[/]: starting cmw serve", highlight=False)
+                err_console.print(f"[bold]{name}[/]: starting a server (python -m agent)", highlight=False)
 
         result: Outcome = _guarded(lambda: run_compare(
             profiles, workload, overrides=list(overrides or []), slos=list(slo or []), service_time=service_time,
