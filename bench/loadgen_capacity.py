@@ -25,9 +25,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from agent.loadtest.engine import Workload, run_async, run_workload
-from agent.loadtest.metrics import TurnRecord, describe
+from agent.loadtest.engine import run_async, run_workload
+from agent.loadtest.metrics import describe
+from agent.loadtest.results import LatencyStats, TurnRecord
 from agent.loadtest.spawn import HOST, free_port, run_server
+from agent.loadtest.workload import Workload
 
 # --------------------------------------------------------------------------- the trivial server
 
@@ -115,27 +117,27 @@ def measure(url: str, users: int, args: argparse.Namespace, server: psutil.Proce
     server_cpu = server.cpu_percent(None) / 100
     done = [t for t in run.turns if t.error is None]
     gen = run.generator
-    cpu_s = gen["cpu_share"] * run.duration_s
+    cpu_s = gen.cpu_share * run.duration_s
     service = args.tokens * args.interval
     return {
         "users": users,
         "turns": len(done),
         "errors": len(run.turns) - len(done),
         "turns_per_s": len(done) / run.duration_s,
-        "gen_cpu": gen["cpu_share"],
+        "gen_cpu": gen.cpu_share,
         "cpu_ms_per_turn": 1000 * cpu_s / max(len(done), 1),
-        "lag_p99_ms": gen["loop_lag_ms"]["p99"],
-        "lag_max_ms": gen["loop_lag_ms"]["max"],
-        "e2e_p50": _e2e(done)["p50"],
-        "e2e_p99": _e2e(done)["p99"],
+        "lag_p99_ms": gen.loop_lag_ms["p99"],
+        "lag_max_ms": gen.loop_lag_ms["max"],
+        "e2e_p50": _e2e(done).p50,
+        "e2e_p99": _e2e(done).p99,
         "nominal": service,
         "server_cpu": server_cpu,
-        "inconclusive": gen["inconclusive"],
+        "inconclusive": gen.inconclusive,
         "wall_s": wall,
     }
 
 
-def _e2e(turns: list[TurnRecord]) -> dict[str, float | None]:
+def _e2e(turns: list[TurnRecord]) -> LatencyStats:
     return describe(t.e2e for t in turns if t.e2e is not None)
 
 

@@ -7,8 +7,9 @@ inside the commands, and gradio never does — the generator speaks Gradio's que
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -17,7 +18,10 @@ from cmw_cli.common import Exit, ProfileOption, SetOption, console, err_console,
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from agent.loadtest.results import Outcome
     from agent.loadtest.runner import LiveFactory
+
+T = TypeVar("T")
 
 
 def _live(quiet: bool, label: str = "") -> LiveFactory | None:
@@ -32,51 +36,53 @@ def _live(quiet: bool, label: str = "") -> LiveFactory | None:
     return factory
 
 
-def _emit(doc: dict[str, Any], *, as_json: bool, out: Path | None, plot: Path | None, quiet: bool) -> None:
+def _emit(result: Outcome, *, as_json: bool, out: Path | None, plot: Path | None, quiet: bool) -> None:
     from agent.loadtest import report
+    from agent.loadtest.results import CompareResult
 
     if out is not None:
-        report.write_json(doc, out)
+        report.write_json(result, out)
     if plot is not None:
-        report.write_plot(doc, plot)
+        report.write_plot(result, plot)
     if as_json:
-        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     if quiet:
         return
     shown: Console = err_console if as_json else console
-    if "comparison" in doc:
-        shown.print(report.comparison_table(doc))
+    if isinstance(result, CompareResult):
+        shown.print(report.comparison_table(result))
     else:
-        report.print_summary(doc, shown)
-    if "smoke" in doc:
-        for check in doc["smoke"]["checks"]:
-            mark = "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]"
-            shown.print(f"{mark}  {check['check']}: {check['detail']}", highlight=False)
+        report.print_summary(result, shown)
+        for check in result.smoke.checks if result.smoke is not None else ():
+            mark = "[green]pass[/]" if check.passed else "[bold red]FAIL[/]"
+            shown.print(f"{mark}  {check.check}: {check.detail}", highlight=False)
     for path in (out, plot):
         if path is not None:
             shown.print(f"wrote {path}", style="dim", highlight=False)
 
 
-def _finish(doc: dict[str, Any]) -> None:
+def _finish(result: Outcome) -> None:
+    from agent.loadtest.results import CompareResult
     from agent.loadtest.runner import verdict
 
-    for run in doc.get("runs") or [doc]:
-        if run["meta"]["interrupted"]:
+    for run in result.runs if isinstance(result, CompareResult) else (result,):
+        generator = run.meta.generator
+        if run.meta.interrupted:
             warn("interrupted: the figures cover the run up to Ctrl-C")
-        if run["meta"]["generator"]["inconclusive"]:
-            warn("inconclusive: the load generator itself was busy (" + "; ".join(run["meta"]["generator"]["reasons"])
+        if generator.inconclusive:
+            warn("inconclusive: the load generator itself was busy (" + "; ".join(generator.reasons)
                  + "); figures may understate the server")
-    code, reasons = verdict(doc)
+    code, reasons = verdict(result)
     if code:
         fail("\n".join(reasons), Exit(code))
 
 
-def _guarded(action: Any) -> dict[str, Any]:
+def _guarded(action: Callable[[], T]) -> T:
     """Run ``action``; turn each kind of failure into its exit code with one clear line."""
-    from agent.loadtest.engine import WorkloadError
     from agent.loadtest.protocol import TargetError
     from agent.loadtest.slo import SloError
     from agent.loadtest.spawn import SpawnError
+    from agent.loadtest.workload import WorkloadError
     from agent.settings import ConfigError
 
     try:
@@ -150,10 +156,11 @@ def loadtest(
         cmw loadtest --url http://127.0.0.1:7860 --rate 5 --duration 30 --slo 'ttft.p95<2s' --slo 'errors<1%'
         cmw loadtest --compare sequential,balanced,high-performance --users 10 --turns 2
     """
-    from agent.loadtest.engine import Workload
+    from agent.loadtest.results import CompareResult
     from agent.loadtest.runner import Target
     from agent.loadtest.runner import compare as run_compare
     from agent.loadtest.runner import loadtest as run_loadtest
+    from agent.loadtest.workload import Workload
 
     if compare and url:
         fail("--compare starts a server per profile: it cannot be used with --url")
@@ -176,19 +183,21 @@ def loadtest(
 
         def announce(name: str) -> None:
             if not quiet:
-                err_console.print(f"[bold]{name}[/]: starting cmw serve", highlight=False)
+                err_console.print(f"[bold]{name}[/]: starting a server (python -m agent)", highlight=False)
 
-        doc = _guarded(lambda: run_compare(profiles, workload, overrides=list(overrides or []), slos=list(slo or []),
-                                           service_time=service_time, live=_live(quiet), on_profile=announce))
+        result: Outcome = _guarded(lambda: run_compare(
+            profiles, workload, overrides=list(overrides or []), slos=list(slo or []), service_time=service_time,
+            live=_live(quiet), on_profile=announce))
     else:
-        target = Target(url=url, spawn=spawn, profile=profile, overrides=list(overrides or []), token=token,
+        target = Target(url=url, spawn=spawn, profile=profile, overrides=tuple(overrides or ()), token=token,
                         api_name=api_name)
-        doc = _guarded(lambda: run_loadtest(target, workload, slos=list(slo or []), chat_limit=chat_limit,
-                                            service_time=service_time, live=_live(quiet)))
-    _emit(doc, as_json=as_json, out=out, plot=plot, quiet=quiet)
-    if doc["meta"]["admin"]["status"] not in ("ok", "no token given") and not quiet:
-        err_console.print(f"admin queue figures skipped: {doc['meta']['admin']['status']}", style="dim")
-    _finish(doc)
+        result = _guarded(lambda: run_loadtest(target, workload, slos=list(slo or []), chat_limit=chat_limit,
+                                               service_time=service_time, live=_live(quiet)))
+    _emit(result, as_json=as_json, out=out, plot=plot, quiet=quiet)
+    admin_status = (result.runs[0] if isinstance(result, CompareResult) else result).meta.admin.status
+    if admin_status not in ("ok", "no token given") and not quiet:
+        err_console.print(f"admin queue figures skipped: {admin_status}", style="dim")
+    _finish(result)
 
 
 def smoke(
@@ -212,9 +221,9 @@ def smoke(
 
     if users < 1 or turns < 1:
         fail("--users and --turns need at least 1")
-    doc = _guarded(lambda: run_smoke(profile, overrides=list(overrides or []), users=users, turns=turns,
-                                     live=_live(quiet, "smoke")))
-    _emit(doc, as_json=as_json, out=out, plot=None, quiet=quiet)
-    _finish(doc)
+    result = _guarded(lambda: run_smoke(profile, overrides=list(overrides or []), users=users, turns=turns,
+                                        live=_live(quiet, "smoke")))
+    _emit(result, as_json=as_json, out=out, plot=None, quiet=quiet)
+    _finish(result)
     if not quiet:
         (err_console if as_json else console).print("[green]smoke passed[/]", highlight=False)

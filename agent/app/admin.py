@@ -110,7 +110,7 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
     from fastapi.responses import PlainTextResponse
 
     from agent import __version__
-    from agent.app.ui import percentiles
+    from agent.stats import percentiles
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(require_token)])
 

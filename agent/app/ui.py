@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from agent.app.queue import EVENTS, QueueMonitor, apply_queue, event_options
 from agent.app.streaming import ReplyStream
 from agent.app.uploads import attach_upload
 from agent.sessions.session import Session
+from agent.stats import percentiles
 
 log = logging.getLogger("cmw.app")
 
@@ -31,14 +31,6 @@ MAX_MESSAGE_CHARS = 20_000
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's latest message."
 
 
-def percentiles(values: list[float] | deque[float], qs: tuple[float, ...] = (0.5, 0.95)) -> dict[str, float | None]:
-    """Nearest-rank percentiles in seconds (None when there is no data)."""
-    ordered = sorted(values)
-    out: dict[str, float | None] = {}
-    for q in qs:
-        name = f"p{round(q * 100)}"
-        out[name] = ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else None
-    return out
 
 
 def _llm_messages(session: Session) -> list[dict[str, str]]:

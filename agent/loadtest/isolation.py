@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from agent.fingerprints import fingerprint, parse_reply_header
@@ -21,19 +20,6 @@ CANARY_RE = re.compile(r"\bcw(\d+)-[0-9a-f]{4}\b")
 def make_canary(user: int) -> str:
     """A per-user tag: the index makes it unique, the random part makes it unlikely in any reply by chance."""
     return f"cw{user}-{secrets.token_hex(2)}"
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One turn that saw what it should not, or missed what it should."""
-
-    user: int
-    session: str
-    turn: int
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"user": self.user, "session": self.session, "turn": self.turn, "reason": self.reason}
 
 
 def foreign_canaries(text: str, own: str) -> list[str]:

@@ -4,77 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from agent.loadtest.protocol import ERROR_CLASSES
-
-STATS = ("p50", "p90", "p95", "p99", "mean")
-LATENCIES = ("queue_wait", "ttft", "itl", "e2e")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), on already sorted values."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = math.floor(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+from agent.loadtest.results import LatencyStats, Summary, TurnRecord
+from agent.stats import percentile
 
 
-def describe(values: Iterable[float]) -> dict[str, float | None]:
-    """``{"p50","p90","p95","p99","mean"}`` in seconds; every figure null when there is no sample."""
+def describe(values: Iterable[float]) -> LatencyStats:
+    """Percentiles (DESIGN's, see :mod:`agent.stats`) and mean, rounded to the microsecond; None without samples."""
     ordered = sorted(values)
     if not ordered:
-        return dict.fromkeys(STATS)
-    out: dict[str, float | None] = {f"p{q}": round(percentile(ordered, q), 6) for q in (50, 90, 95, 99)}
-    out["mean"] = round(math.fsum(ordered) / len(ordered), 6)
-    return out
-
-
-@dataclass
-class TurnRecord:
-    """One turn as the report keeps it; times in seconds from the start of the run."""
-
-    user: int
-    session: str
-    turn: int
-    t_join: float
-    warmup: bool
-    error: str | None
-    detail: str | None = None
-    queue_wait: float | None = None
-    ttft: float | None = None
-    e2e: float | None = None
-    tokens: int = 0
-    gaps: list[float] = field(default_factory=list)
-    t_end: float | None = None
-    t_start: float | None = None
-    violation: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        gaps = self.gaps
-        return {
-            "user": self.user,
-            "session": self.session,
-            "turn": self.turn,
-            "warmup": self.warmup,
-            "t_join": _r(self.t_join),
-            "queue_wait": _r(self.queue_wait),
-            "ttft": _r(self.ttft),
-            "e2e": _r(self.e2e),
-            "tokens": self.tokens,
-            "itl_mean": _r(math.fsum(gaps) / len(gaps)) if gaps else None,
-            "itl_max": _r(max(gaps)) if gaps else None,
-            "error": self.error,
-            "detail": self.detail,
-            "violation": self.violation,
-        }
-
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
+        return LatencyStats()
+    p50, p90, p95, p99 = (round(percentile(ordered, q), 6) for q in (50, 90, 95, 99))
+    return LatencyStats(p50, p90, p95, p99, round(math.fsum(ordered) / len(ordered), 6))
 
 
 def ideal_throughput(
@@ -116,8 +58,8 @@ def summarize(
     *,
     offered_end: float,
     ideal_rps: float | None,
-) -> dict[str, Any]:
-    """The ``summary`` object of the JSON report (SLO results are added by the caller).
+) -> Summary:
+    """The figures of one run (SLO outcomes are added by the caller).
 
     ``throughput_rps`` is the steady-state rate: turns served per second from the moment the server first started
     a measured turn until the offered load began to fall (``offered_end``), a turn on that window's edge counting
@@ -158,26 +100,24 @@ def summarize(
             break
         else:
             basis, window = "none", 0.0
-    violating = sorted({t.session for t in turns if t.violation})
-    return {
-        "queue_wait": describe(t.queue_wait for t in done if t.queue_wait is not None),
-        "ttft": describe(t.ttft for t in done if t.ttft is not None),
-        "itl": describe(g for t in done for g in t.gaps),
-        "e2e": describe(t.e2e for t in done if t.e2e is not None),
-        "turns_completed": len(done),
-        "turns_failed": len(measured) - len(done),
-        "turns_warmup": len(turns) - len(measured),
-        "tokens": tokens,
-        "window_s": round(window, 6),
-        "window": basis,
-        "throughput_rps": round(throughput, 6),
-        "throughput_overall_rps": round(overall, 6),
-        "tokens_per_s": round(tokens_per_s, 6),
-        "ideal_rps": None if ideal_rps is None else round(ideal_rps, 6),
-        "efficiency": round(throughput / ideal_rps, 6) if ideal_rps else None,
-        "errors": errors,
-        "error_rate": round(sum(errors.values()) / len(measured), 6) if measured else 0.0,
-        "isolation_violations": sum(1 for t in turns if t.violation),
-        "violating_sessions": violating,
-        "slo": {},
-    }
+    return Summary(
+        queue_wait=describe(t.queue_wait for t in done if t.queue_wait is not None),
+        ttft=describe(t.ttft for t in done if t.ttft is not None),
+        itl=describe(g for t in done for g in t.gaps),
+        e2e=describe(t.e2e for t in done if t.e2e is not None),
+        turns_completed=len(done),
+        turns_failed=len(measured) - len(done),
+        turns_warmup=len(turns) - len(measured),
+        tokens=tokens,
+        window_s=round(window, 6),
+        window=basis,
+        throughput_rps=round(throughput, 6),
+        throughput_overall_rps=round(overall, 6),
+        tokens_per_s=round(tokens_per_s, 6),
+        ideal_rps=None if ideal_rps is None else round(ideal_rps, 6),
+        efficiency=round(throughput / ideal_rps, 6) if ideal_rps else None,
+        errors=errors,
+        error_rate=round(sum(errors.values()) / len(measured), 6) if measured else 0.0,
+        isolation_violations=sum(1 for t in turns if t.violation),
+        violating_sessions=tuple(sorted({t.session for t in turns if t.violation})),
+    )

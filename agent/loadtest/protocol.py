@@ -59,10 +59,8 @@ class Endpoint:
     api_name: str
     fn_index: int
     trigger_id: int | None
-    input_ids: tuple[int, ...]
     input_types: tuple[str, ...]
     defaults: tuple[Any, ...]
-    output_ids: tuple[int, ...]
     output_types: tuple[str, ...]
     gradio_version: str
     protocol: str
@@ -130,10 +128,8 @@ async def discover(client: httpx.AsyncClient, url: str, api_name: str = "chat") 
         api_name=api_name,
         fn_index=int(match.get("id", dependencies.index(match))),
         trigger_id=trigger,
-        input_ids=inputs,
         input_types=types_in,
         defaults=defaults,
-        output_ids=outputs,
         output_types=tuple(str(components.get(i, {}).get("type", "")) for i in outputs),
         gradio_version=str(config.get("version", "unknown")),
         protocol=str(config.get("protocol", "unknown")),

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -16,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.loadtest.engine import Progress
-from agent.loadtest.metrics import LATENCIES, STATS
+from agent.loadtest.results import LATENCIES, STATS, CompareResult, Outcome, RunResult
 
 
 @contextlib.contextmanager
@@ -47,118 +46,117 @@ def _seconds(value: float | None) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.3f} s"
 
 
-def summary_table(doc: dict[str, Any]) -> Table:
+def summary_table(result: RunResult) -> Table:
     """Latency percentiles per metric, then the run's totals."""
-    summary = doc["summary"]
+    summary = result.summary
     table = Table(title="latency", title_justify="left", show_edge=False)
     table.add_column("metric")
     for stat in STATS:
         table.add_column(stat, justify="right")
     names = {"queue_wait": "queue wait", "ttft": "TTFT", "itl": "inter-token", "e2e": "end-to-end"}
     for metric in LATENCIES:
-        table.add_row(names[metric], *(_seconds(summary[metric][stat]) for stat in STATS))
+        stats = summary.latency(metric)
+        table.add_row(names[metric], *(_seconds(stats.stat(stat)) for stat in STATS))
     return table
 
 
-def totals_table(doc: dict[str, Any]) -> Table:
-    summary, meta = doc["summary"], doc["meta"]
+def totals_table(result: RunResult) -> Table:
+    summary, meta = result.summary, result.meta
     table = Table(show_header=False, show_edge=False, box=None, padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    errors = summary["errors"]
-    table.add_row("turns", f"{summary['turns_completed']} completed, {summary['turns_failed']} failed, "
-                           f"{summary['turns_warmup']} warm-up (excluded), {meta['unfinished']} cut off")
-    table.add_row("throughput", f"{summary['throughput_rps']:.3f} turns/s, {summary['tokens_per_s']:.1f} tokens/s "
-                                f"steady over {summary['window_s']:.2f} s; "
-                                f"{summary['throughput_overall_rps']:.3f} turns/s overall")
-    if summary["efficiency"] is not None:
-        nominal = meta["nominal"]
-        table.add_row("efficiency", f"{summary['efficiency']:.0%} of ideal {summary['ideal_rps']:.3f} turns/s "
-                                    f"(chat limit {nominal['chat_limit']}, service {nominal['service_time_s']:.3f} s)")
+    table.add_row("turns", f"{summary.turns_completed} completed, {summary.turns_failed} failed, "
+                           f"{summary.turns_warmup} warm-up (excluded), {meta.unfinished} cut off")
+    table.add_row("throughput", f"{summary.throughput_rps:.3f} turns/s, {summary.tokens_per_s:.1f} tokens/s "
+                                f"steady over {summary.window_s:.2f} s; "
+                                f"{summary.throughput_overall_rps:.3f} turns/s overall")
+    nominal = meta.nominal
+    if summary.efficiency is not None and summary.ideal_rps is not None and nominal.service_time is not None:
+        table.add_row("efficiency", f"{summary.efficiency:.0%} of ideal {summary.ideal_rps:.3f} turns/s "
+                                    f"(chat limit {nominal.chat_limit}, service {nominal.service_time:.3f} s)")
     else:
         table.add_row("efficiency", "unknown (give --chat-limit and --service-time, or use --spawn)")
-    table.add_row("errors", ", ".join(f"{k} {v}" for k, v in errors.items()) + f"  ({summary['error_rate']:.1%})")
-    violations = summary["isolation_violations"]
+    table.add_row("errors", ", ".join(f"{k} {v}" for k, v in summary.errors.items()) + f"  ({summary.error_rate:.1%})")
+    violations = summary.isolation_violations
     table.add_row("isolation", Text(f"{violations} violating turn(s) in sessions "
-                                    f"{', '.join(summary['violating_sessions'])}" if violations else "held",
+                                    f"{', '.join(summary.violating_sessions)}" if violations else "held",
                                     style="bold red" if violations else "green"))
-    gen = meta["generator"]
-    verdict = Text("INCONCLUSIVE: " + "; ".join(gen["reasons"]), style="bold yellow") if gen["inconclusive"] else \
-        Text(f"cpu {gen['cpu_share']:.0%} of a core, loop lag p99 {gen['loop_lag_ms']['p99']} ms", style="dim")
+    gen = meta.generator
+    verdict = Text("INCONCLUSIVE: " + "; ".join(gen.reasons), style="bold yellow") if gen.inconclusive else \
+        Text(f"cpu {gen.cpu_share:.0%} of a core, loop lag p99 {gen.loop_lag_ms['p99']} ms", style="dim")
     table.add_row("generator", verdict)
-    admin = meta["admin"]
-    if admin["status"] == "ok":
-        peaks = ", ".join(f"{name}: peak running {f['running']} of limit {f['limit']}, peak waiting {f['waiting']}"
-                          for name, f in admin["peak"].items() if f["running"] or f["waiting"])
-        table.add_row("server queue", peaks or f"no event seen running in {admin['samples']} samples")
-        for worker, events in admin.get("workers", {}).items():
-            chat = next((f for name, f in events.items() if "chat" in name), None)
+    admin = meta.admin
+    if admin.status == "ok":
+        peaks = ", ".join(f"{name}: peak running {p.running} of limit {p.limit}, peak waiting {p.waiting}"
+                          for name, p in admin.peak.items() if p.running or p.waiting)
+        table.add_row("server queue", peaks or f"no event seen running in {admin.samples} samples")
+        for worker, events in admin.workers.items():
+            chat = next((p for name, p in events.items() if "chat" in name), None)
             if chat is not None:
-                table.add_row(f"  worker {worker}", f"chat peak running {chat['running']} of limit {chat['limit']}, "
-                              f"peak waiting {chat['waiting']}")
+                table.add_row(f"  worker {worker}", f"chat peak running {chat.running} of limit {chat.limit}, "
+                              f"peak waiting {chat.waiting}")
     else:
-        table.add_row("server queue", Text(f"admin figures skipped: {admin['status']}", style="dim"))
-    for expr, result in summary["slo"].items():
-        mark = Text("pass", style="green") if result["passed"] else Text("FAIL", style="bold red")
-        table.add_row(f"slo {expr}", Text.assemble(mark, f"  value {result['value']}"))
+        table.add_row("server queue", Text(f"admin figures skipped: {admin.status}", style="dim"))
+    for expr, outcome in summary.slo.items():
+        mark = Text("pass", style="green") if outcome.passed else Text("FAIL", style="bold red")
+        table.add_row(f"slo {expr}", Text.assemble(mark, f"  value {outcome.value}"))
     return table
 
 
-def print_summary(doc: dict[str, Any], console: Console) -> None:
-    console.print(summary_table(doc))
+def print_summary(result: RunResult, console: Console) -> None:
+    console.print(summary_table(result))
     console.print()
-    console.print(totals_table(doc))
+    console.print(totals_table(result))
 
 
-def comparison_table(doc: dict[str, Any]) -> Table:
-    table = Table(title=f"same workload per profile (speedup vs {doc['meta']['compare']['baseline']})",
+def comparison_table(result: CompareResult) -> Table:
+    table = Table(title=f"same workload per profile (speedup vs {result.baseline})",
                   title_justify="left", show_edge=False)
     for name, justify in (("profile", "left"), ("turns/s", "right"), ("TTFT p95", "right"), ("speedup", "right"),
                           ("efficiency", "right"), ("errors", "right"), ("isolation", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in doc["comparison"]:
+    for row in result.rows:
         table.add_row(
-            row["profile"], f"{row['throughput_rps']:.3f}", _seconds(row["ttft_p95"]),
-            "–" if row["speedup"] is None else f"{row['speedup']:.2f}×",
-            "–" if row["efficiency"] is None else f"{row['efficiency']:.0%}",
-            str(row["errors"]), str(row["isolation_violations"]),
+            row.profile, f"{row.throughput_rps:.3f}", _seconds(row.ttft_p95),
+            "–" if row.speedup is None else f"{row.speedup:.2f}×",
+            "–" if row.efficiency is None else f"{row.efficiency:.0%}",
+            str(row.errors), str(row.isolation_violations),
         )
     return table
 
 
-def write_json(doc: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def write_json(result: Outcome, path: Path) -> None:
+    path.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_plot(doc: dict[str, Any], path: Path) -> None:
+def write_plot(result: Outcome, path: Path) -> None:
     """Latency over time (per turn) and the latency distributions, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = doc.get("runs") or [doc]
+    runs = result.runs if isinstance(result, CompareResult) else (result,)
     fig, axes = plt.subplots(len(runs), 2, figsize=(12, 3.6 * len(runs)), squeeze=False)
     for (over_time, spread), run in zip(axes, runs, strict=True):
-        turns = [t for t in run["turns"] if t["error"] is None and not t["warmup"]]
-        failed = [t for t in run["turns"] if t["error"] is not None]
-        label = run["meta"]["target"]["profile"] or run["meta"]["target"]["url"]
+        turns = [t for t in run.turns if t.ok and not t.warmup]
+        failed = [t for t in run.turns if not t.ok]
         for key, colour in (("e2e", "tab:blue"), ("ttft", "tab:orange"), ("queue_wait", "tab:green")):
-            points = [(t["t_join"], t[key]) for t in turns if t[key] is not None]
+            points = [(t.t_join, getattr(t, key)) for t in turns if getattr(t, key) is not None]
             if points:
                 over_time.scatter(*zip(*points, strict=True), s=8, alpha=0.6, color=colour, label=key)
         if failed:
-            over_time.scatter([t["t_join"] for t in failed], [0] * len(failed), marker="x", color="red",
+            over_time.scatter([t.t_join for t in failed], [0] * len(failed), marker="x", color="red",
                               label="failed")
-        over_time.set(title=f"{label}: latency over time", xlabel="submitted at (s from start)",
+        over_time.set(title=f"{run.label}: latency over time", xlabel="submitted at (s from start)",
                       ylabel="seconds")
         over_time.legend(loc="upper left", fontsize="small")
-        samples = {key: [t[key] for t in turns if t[key] is not None] for key in ("ttft", "e2e")}
+        samples = {key: [getattr(t, key) for t in turns if getattr(t, key) is not None] for key in ("ttft", "e2e")}
         samples = {k: v for k, v in samples.items() if v}
         if samples:
             spread.hist(list(samples.values()), bins=30, label=list(samples), alpha=0.8)
             spread.legend(fontsize="small")
-        spread.set(title=f"{label}: distribution", xlabel="seconds", ylabel="turns")
+        spread.set(title=f"{run.label}: distribution", xlabel="seconds", ylabel="turns")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,7 +2,8 @@
 
 This is the public Python API the ``cmw loadtest`` / ``cmw smoke`` commands are thin layers over:
 :func:`loadtest` (one run), :func:`compare` (the same workload per profile) and :func:`smoke` (the CI preset).
-Each returns the JSON document of DESIGN's "Machine-readable output"; :func:`verdict` turns it into an exit code.
+Each returns a typed result (:mod:`agent.loadtest.results`) whose ``to_dict()`` is the JSON document of DESIGN's
+"Machine-readable output"; :func:`verdict` turns it into an exit code.
 """
 
 from __future__ import annotations
@@ -10,17 +11,29 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from agent import __version__
-from agent.loadtest.engine import Progress, RunData, Workload, WorkloadError, run_async, run_workload
+from agent.loadtest.engine import Progress, RunData, run_async, run_workload
 from agent.loadtest.metrics import ideal_throughput, summarize
+from agent.loadtest.results import (
+    CompareResult,
+    ComparisonRow,
+    Nominal,
+    Outcome,
+    RunMeta,
+    RunResult,
+    SmokeCheck,
+    SmokeReport,
+    TargetInfo,
+)
 from agent.loadtest.slo import Slo, evaluate, parse_slos
 from agent.loadtest.spawn import spawn_server
+from agent.loadtest.workload import Workload, WorkloadError
 from agent.settings import LoadedSettings, load_settings
 
 SEQUENTIAL = "sequential"
@@ -30,26 +43,16 @@ SMOKE_SLOS = ("errors<1%", "ttft.p95<30s", "turns_completed>0")
 LiveFactory = Callable[[Progress], contextlib.AbstractContextManager[Any]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """Where the load goes: a URL, or a ``cmw serve`` we start with a profile and overrides."""
+    """Where the load goes: a URL, or a server we start with a profile and overrides."""
 
     url: str | None = None
     spawn: bool = False
     profile: str | None = None
-    overrides: list[str] = field(default_factory=list)
+    overrides: tuple[str, ...] = ()
     token: str | None = None
     api_name: str = "chat"
-
-
-@dataclass(frozen=True)
-class Nominal:
-    """What the ideal throughput needs; each figure says where it came from."""
-
-    chat_limit: int | None = None
-    chat_limit_source: str | None = None
-    service_time: float | None = None
-    service_time_source: str | None = None
 
 
 def nominal_from_settings(loaded: LoadedSettings) -> Nominal:
@@ -75,7 +78,7 @@ def loadtest(
     chat_limit: int | None = None,
     service_time: float | None = None,
     live: LiveFactory | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """One run; raises ``SloError``/``ConfigError``/``WorkloadError`` (bad input), ``TargetError``/``SpawnError``."""
     parsed = parse_slos(list(slos or []))
     problems = workload.validate()
@@ -88,15 +91,20 @@ def loadtest(
         nominal = nominal_from_settings(loaded)
         with spawn_server(base, overrides) as server:
             run = _run(server.url, target, workload, live, token=server.admin_token)
-        target = replace(target, overrides=overrides)
-        settings = {key: entry["value"] for key, entry in loaded.describe().items()}
+        target = replace(target, overrides=tuple(overrides))
+        settings = _effective(loaded)
         profile: str | None = SEQUENTIAL if target.profile == SEQUENTIAL else loaded.profile_name
     else:
         assert target.url is not None  # noqa: S101 - the command requires --url or --spawn
         run = _run(target.url, target, workload, live, token=target.token)
         nominal, settings, profile = Nominal(), None, target.profile
     nominal = _merge_nominal(nominal, run, chat_limit, service_time)
-    return build_document(run, parsed, nominal, target=target, profile=profile, settings=settings)
+    return build_result(run, parsed, nominal, target=target, profile=profile, settings=settings)
+
+
+def _effective(loaded: LoadedSettings) -> dict[str, Any]:
+    """A spawned server's settings as the report records them: dotted key → effective value."""
+    return {key: entry["value"] for key, entry in loaded.describe().items()}
 
 
 def _run(url: str, target: Target, workload: Workload, live: LiveFactory | None, *, token: str | None) -> RunData:
@@ -108,8 +116,8 @@ def _run(url: str, target: Target, workload: Workload, live: LiveFactory | None,
 def _merge_nominal(base: Nominal, run: RunData, chat_limit: int | None, service_time: float | None) -> Nominal:
     """Flags beat the server's admin figures, which beat the settings we spawned it with."""
     limit, limit_src = base.chat_limit, base.chat_limit_source
-    if run.admin.get("chat_limit"):
-        limit, limit_src = run.admin["chat_limit"], "admin:/admin/api/queue"
+    if run.admin.chat_limit:
+        limit, limit_src = run.admin.chat_limit, "admin:/admin/api/queue"
     if chat_limit is not None:
         limit, limit_src = chat_limit, "--chat-limit"
     service, service_src = base.service_time, base.service_time_source
@@ -118,7 +126,7 @@ def _merge_nominal(base: Nominal, run: RunData, chat_limit: int | None, service_
     return Nominal(limit, limit_src, service, service_src)
 
 
-def build_document(
+def build_result(
     run: RunData,
     slos: list[Slo],
     nominal: Nominal,
@@ -126,49 +134,39 @@ def build_document(
     target: Target,
     profile: str | None,
     settings: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """``{"meta", "summary", "turns"}`` of one run."""
+) -> RunResult:
+    """The figures, SLO outcomes and meta of one run."""
     w = run.workload
     ideal = ideal_throughput(users=w.users if w.rate is None else None, rate=w.rate, chat_limit=nominal.chat_limit,
                              service_time=nominal.service_time, think_time=w.think_time)
     summary = summarize(run.turns, offered_end=run.offered_end, ideal_rps=ideal)
-    summary["slo"] = evaluate(slos, summary)
-    meta = {
-        "tool": "cmw loadtest",
-        "started_at": datetime.fromtimestamp(run.started_at, UTC).isoformat(timespec="seconds"),
-        "duration_s": round(run.duration_s, 3),
-        "target": {
-            "url": run.endpoint.base_url,
-            "spawned": target.spawn,
-            "profile": profile,
-            "overrides": list(target.overrides) if target.spawn else [],
-        },
-        "endpoint": run.endpoint.describe(),
-        "workload": w.describe(),
-        "nominal": {
-            "chat_limit": nominal.chat_limit,
-            "chat_limit_source": nominal.chat_limit_source,
-            "service_time_s": nominal.service_time,
-            "service_time_source": nominal.service_time_source,
-        },
-        "settings": settings,
-        "generator": run.generator,
-        "admin": run.admin,
-        "offered_end_s": round(run.offered_end, 6),
-        "prime": run.prime,
-        "users_started": run.users_started,
-        "unfinished": run.unfinished,
-        "interrupted": run.interrupted,
-        "skipped_arrivals": run.skipped_arrivals,
-        "versions": {
+    summary = replace(summary, slo=evaluate(slos, summary))
+    meta = RunMeta(
+        started_at=datetime.fromtimestamp(run.started_at, UTC).isoformat(timespec="seconds"),
+        duration_s=round(run.duration_s, 3),
+        target=TargetInfo(url=run.endpoint.base_url, spawned=target.spawn, profile=profile,
+                          overrides=target.overrides if target.spawn else ()),
+        endpoint=run.endpoint,
+        workload=w,
+        nominal=nominal,
+        settings=settings,
+        generator=run.generator,
+        admin=run.admin,
+        offered_end_s=round(run.offered_end, 6),
+        prime=run.prime,
+        users_started=run.users_started,
+        unfinished=run.unfinished,
+        interrupted=run.interrupted,
+        skipped_arrivals=run.skipped_arrivals,
+        versions={
             "cmw": __version__,
             "python": platform.python_version(),
             "httpx": httpx.__version__,
             "gradio_server": run.endpoint.gradio_version,
             "platform": platform.platform(terse=True),
         },
-    }
-    return {"meta": meta, "summary": summary, "turns": [t.to_dict() for t in run.turns]}
+    )
+    return RunResult(meta=meta, summary=summary, turns=run.turns)
 
 
 def compare(
@@ -180,40 +178,39 @@ def compare(
     service_time: float | None = None,
     live: LiveFactory | None = None,
     on_profile: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> CompareResult:
     """The same workload against a spawned server per profile; speedups relative to ``sequential`` (or the first)."""
     parse_slos(list(slos or []))  # a bad expression fails before the first server starts
     for name in profiles:
-        base, _ = profile_overrides(name)
-        load_settings(base, [*(overrides or []), *profile_overrides(name)[1]])
-    runs: list[dict[str, Any]] = []
+        base, extra = profile_overrides(name)
+        load_settings(base, [*(overrides or []), *extra])
+    runs: list[RunResult] = []
     for name in profiles:
         if on_profile is not None:
             on_profile(name)
-        target = Target(spawn=True, profile=name, overrides=list(overrides or []))
+        target = Target(spawn=True, profile=name, overrides=tuple(overrides or ()))
         runs.append(loadtest(target, workload, slos=slos, service_time=service_time, live=live))
-    return comparison_document(profiles, runs)
+    return compare_runs(profiles, runs)
 
 
-def comparison_document(profiles: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"meta", "comparison", "runs"}``; each run is a full one-run document."""
+def compare_runs(profiles: list[str], runs: list[RunResult]) -> CompareResult:
+    """One row per profile, speedup relative to ``sequential`` when it ran, else to the first profile."""
     baseline_index = profiles.index(SEQUENTIAL) if SEQUENTIAL in profiles else 0
-    baseline = runs[baseline_index]["summary"]["throughput_rps"] if runs else 0.0
-    comparison = []
-    for name, doc in zip(profiles, runs, strict=True):
-        rps = doc["summary"]["throughput_rps"]
-        comparison.append({
-            "profile": name,
-            "throughput_rps": rps,
-            "ttft_p95": doc["summary"]["ttft"]["p95"],
-            "speedup": round(rps / baseline, 3) if baseline else None,
-            "efficiency": doc["summary"]["efficiency"],
-            "errors": sum(doc["summary"]["errors"].values()),
-            "isolation_violations": doc["summary"]["isolation_violations"],
-        })
-    meta = dict(runs[0]["meta"]) if runs else {}
-    meta["compare"] = {"profiles": profiles, "baseline": profiles[baseline_index] if profiles else None}
-    return {"meta": meta, "comparison": comparison, "runs": runs}
+    baseline = runs[baseline_index].summary.throughput_rps if runs else 0.0
+    rows = tuple(
+        ComparisonRow(
+            profile=name,
+            throughput_rps=run.summary.throughput_rps,
+            ttft_p95=run.summary.ttft.p95,
+            speedup=round(run.summary.throughput_rps / baseline, 3) if baseline else None,
+            efficiency=run.summary.efficiency,
+            errors=run.summary.error_count,
+            isolation_violations=run.summary.isolation_violations,
+        )
+        for name, run in zip(profiles, runs, strict=True)
+    )
+    return CompareResult(profiles=tuple(profiles), baseline=profiles[baseline_index] if profiles else None,
+                         rows=rows, runs=tuple(runs))
 
 
 def smoke(
@@ -223,32 +220,29 @@ def smoke(
     users: int = 4,
     turns: int = 2,
     live: LiveFactory | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """CI preset: a short closed-loop run on a spawned server, isolation and loose SLOs, health and admin."""
-    checks: list[dict[str, Any]] = []
     workload = Workload(users=users, turns=turns, duration=120.0, timeout=60.0, max_requests=users * turns)
-    target = Target(spawn=True, profile=profile, overrides=list(overrides or []))
+    target = Target(spawn=True, profile=profile, overrides=tuple(overrides or ()))
 
-    loaded = load_settings(profile, target.overrides)
-    with spawn_server(profile, target.overrides) as server:
-        checks.extend(_probe_admin(server.url, server.admin_token))
+    loaded = load_settings(profile, list(target.overrides))
+    with spawn_server(profile, list(target.overrides)) as server:
+        checks = _probe_admin(server.url, server.admin_token)
         run = _run(server.url, target, workload, live, token=server.admin_token)
     nominal = _merge_nominal(nominal_from_settings(loaded), run, None, None)
-    settings = {key: entry["value"] for key, entry in loaded.describe().items()}
-    doc = build_document(run, parse_slos(list(SMOKE_SLOS)), nominal, target=target, profile=loaded.profile_name,
-                         settings=settings)
-    summary = doc["summary"]
-    checks.append({"check": "isolation", "passed": summary["isolation_violations"] == 0,
-                   "detail": f"{summary['isolation_violations']} violating turn(s)"})
-    for expr, result in summary["slo"].items():
-        checks.append({"check": f"slo {expr}", "passed": result["passed"], "detail": f"value {result['value']}"})
-    doc["smoke"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
-    return doc
+    result = build_result(run, parse_slos(list(SMOKE_SLOS)), nominal, target=target, profile=loaded.profile_name,
+                          settings=_effective(loaded))
+    summary = result.summary
+    checks.append(SmokeCheck("isolation", summary.isolation_violations == 0,
+                             f"{summary.isolation_violations} violating turn(s)"))
+    checks += [SmokeCheck(f"slo {expr}", outcome.passed, f"value {outcome.value}") for expr, outcome in
+               summary.slo.items()]
+    return replace(result, smoke=SmokeReport(tuple(checks)))
 
 
-def _probe_admin(url: str, token: str | None = None) -> list[dict[str, Any]]:
+def _probe_admin(url: str, token: str | None = None) -> list[SmokeCheck]:
     """Health and admin reachability of a cmw server: both must answer with the token and refuse without."""
-    checks = []
+    checks: list[SmokeCheck] = []
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with httpx.Client(timeout=10.0) as client:
         for path in ("/admin/api/health", "/admin/api/queue"):
@@ -256,30 +250,28 @@ def _probe_admin(url: str, token: str | None = None) -> list[dict[str, Any]]:
                 with_token = client.get(f"{url}{path}", headers=headers).status_code
                 without = client.get(f"{url}{path}").status_code
             except httpx.HTTPError as exc:
-                checks.append({"check": f"GET {path}", "passed": False, "detail": type(exc).__name__})
+                checks.append(SmokeCheck(f"GET {path}", False, type(exc).__name__))
                 continue
             passed = with_token == 200 and without in (401, 403)
-            checks.append({"check": f"GET {path}", "passed": passed,
-                           "detail": f"HTTP {with_token} with the token, {without} without"})
+            checks.append(SmokeCheck(f"GET {path}", passed, f"HTTP {with_token} with the token, {without} without"))
     return checks
 
 
-def verdict(doc: dict[str, Any]) -> tuple[int, list[str]]:
+def verdict(result: Outcome) -> tuple[int, list[str]]:
     """(exit code, reasons): 3 isolation violated, 1 a check failed, 0 all held."""
-    runs = doc.get("runs") or [doc]
-    violating = sorted({s for run in runs for s in run["summary"]["violating_sessions"]})
+    runs = result.runs if isinstance(result, CompareResult) else (result,)
+    violating = sorted({s for run in runs for s in run.summary.violating_sessions})
     if violating:
         return 3, [f"session isolation violated in {len(violating)} session(s): {', '.join(violating)}"]
     reasons = []
     for run in runs:
-        label = f"[{run['meta']['target']['profile']}] " if "runs" in doc else ""
-        summary = run["summary"]
-        if summary["turns_completed"] == 0:
+        label = f"[{run.meta.target.profile}] " if isinstance(result, CompareResult) else ""
+        if run.summary.turns_completed == 0:
             reasons.append(f"{label}no turn completed")
-        for expr, result in summary["slo"].items():
-            if not result["passed"]:
-                reasons.append(f"{label}SLO {expr} breached: value {result['value']}")
-    if "smoke" in doc:
-        reasons += [f"smoke check {c['check']} failed: {c['detail']}" for c in doc["smoke"]["checks"]
-                    if not c["passed"] and not c["check"].startswith("slo ")]
+        for expr, outcome in run.summary.slo.items():
+            if not outcome.passed:
+                reasons.append(f"{label}SLO {expr} breached: value {outcome.value}")
+    if isinstance(result, RunResult) and result.smoke is not None:
+        reasons += [f"smoke check {c.check} failed: {c.detail}" for c in result.smoke.checks
+                    if not c.passed and not c.check.startswith("slo ")]
     return (1 if reasons else 0), reasons

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
-from agent.loadtest.metrics import LATENCIES, STATS
+from agent.loadtest.results import LATENCIES, STATS, SloResult, Summary
 
 _EXPR = re.compile(
     r"^\s*([a-z_][a-z0-9_]*)(?:\.([a-z0-9]+))?\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|%)?\s*$"
@@ -31,21 +30,23 @@ class Slo:
     op: str
     limit: float  # in the summary's own units: seconds, a fraction, a count or a rate
 
-    def value(self, summary: dict[str, Any]) -> float | None:
+    def value(self, summary: Summary) -> float | None:
         if self.metric in LATENCIES:
-            return summary[self.metric][self.stat]
+            assert self.stat is not None  # noqa: S101 - parse_slo requires a statistic for a latency
+            return summary.latency(self.metric).stat(self.stat)
         if self.metric == "errors":
-            return summary["error_rate"] if self.stat == "%" else float(sum(summary["errors"].values()))
-        return summary.get(self.metric)
+            return summary.error_rate if self.stat == "%" else float(summary.error_count)
+        value: float | None = getattr(summary, self.metric)
+        return value
 
-    def check(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """``{"passed", "value", "limit"}``; an unknown value (no samples, no ideal) does not pass."""
+    def check(self, summary: Summary) -> SloResult:
+        """The outcome; an unknown value (no samples, no ideal) does not pass."""
         value = self.value(summary)
         if value is None:
-            return {"passed": False, "value": None, "limit": self.limit, "note": "no value to compare"}
+            return SloResult(passed=False, value=None, limit=self.limit, note="no value to compare")
         passed = {"<": value < self.limit, "<=": value <= self.limit, ">": value > self.limit,
                   ">=": value >= self.limit}[self.op]
-        return {"passed": passed, "value": value, "limit": self.limit}
+        return SloResult(passed=passed, value=value, limit=self.limit)
 
 
 def parse_slo(expr: str) -> Slo:
@@ -97,6 +98,6 @@ def parse_slos(exprs: list[str]) -> list[Slo]:
     return slos
 
 
-def evaluate(slos: list[Slo], summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The summary's ``slo`` object: expression → result."""
+def evaluate(slos: list[Slo], summary: Summary) -> dict[str, SloResult]:
+    """Expression → outcome, as the summary's ``slo`` holds them."""
     return {slo.expr: slo.check(summary) for slo in slos}

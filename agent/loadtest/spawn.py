@@ -1,4 +1,4 @@
-"""Start ``cmw serve`` on a free loopback port for one load test, and always stop it again."""
+"""Start the app (``python -m agent``) on a free loopback port for one load test, and always stop it again."""
 
 from __future__ import annotations
 
@@ -35,12 +35,11 @@ def free_port(host: str = HOST) -> int:
 
 @dataclass
 class SpawnedServer:
-    """A running ``cmw serve``: its URL, the admin token we gave it, and its process."""
+    """A running server: its URL, the admin token we gave it, its process and where its output goes."""
 
     url: str
     admin_token: str
     process: subprocess.Popen[bytes]
-    command: list[str]
     stderr_path: Path
 
     def stderr_tail(self, lines: int = 15) -> str:
@@ -52,8 +51,9 @@ class SpawnedServer:
 
 
 def serve_command(profile: str | None, port: int, overrides: list[str]) -> list[str]:
-    """The argv of ``cmw serve`` for this interpreter (the installed console script may be another venv's)."""
-    command = [sys.executable, "-m", "cmw_cli.main", "serve", "--host", HOST, "--port", str(port)]
+    """The argv of the app's own entry (``python -m agent``) for this interpreter; it takes ``cmw serve``'s
+    profile, host, port and ``--set`` flags, and keeps the load tester free of the CLI package."""
+    command = [sys.executable, "-m", "agent", "--host", HOST, "--port", str(port)]
     if profile:
         command += ["-p", profile]
     for pair in overrides:
@@ -69,7 +69,7 @@ def spawn_server(
     start_timeout: float = 90.0,
     stop_timeout: float = 20.0,
 ) -> Iterator[SpawnedServer]:
-    """Run ``cmw serve`` for the duration of the ``with`` block; raises :class:`SpawnError` if it never answers."""
+    """Serve the app for the duration of the ``with`` block; raises :class:`SpawnError` if it never answers."""
     overrides = list(overrides or [])
     port = free_port()
     token = secrets.token_urlsafe(24)
@@ -82,7 +82,7 @@ def spawn_server(
             env["CMW_SERVER__STATE_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="cmw-loadtest-"))
         yield stack.enter_context(
             run_server(serve_command(profile, port, overrides), f"http://{HOST}:{port}", env=env, admin_token=token,
-                       start_timeout=start_timeout, stop_timeout=stop_timeout, name="cmw serve")
+                       start_timeout=start_timeout, stop_timeout=stop_timeout, name="python -m agent")
         )
 
 
@@ -109,7 +109,7 @@ def run_server(
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                        start_new_session=True)
-        server = SpawnedServer(url, admin_token, process, command, log_path)
+        server = SpawnedServer(url, admin_token, process, log_path)
         try:
             _wait_ready(server, start_timeout, name)
             yield server

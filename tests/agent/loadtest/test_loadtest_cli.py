@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from agent.loadtest.metrics import LATENCIES, STATS
 from agent.loadtest.protocol import ERROR_CLASSES
+from agent.loadtest.results import LATENCIES, STATS
 from agent.loadtest.spawn import HOST, free_port
 from cmw_cli.main import app
 

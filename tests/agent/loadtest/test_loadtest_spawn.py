@@ -15,7 +15,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from agent.loadtest.metrics import LATENCIES
+from agent.loadtest.results import LATENCIES
 from agent.loadtest.spawn import HOST, SpawnError, free_port, run_server
 from cmw_cli.main import app
 
@@ -73,9 +73,9 @@ def test_compare_orders_profiles_by_their_chat_limits() -> None:
 
 
 def _spawned_stack(command: psutil.Process, deadline: float) -> tuple[psutil.Process, list[psutil.Process], str]:
-    """The `cmw serve` the command started, everything under it (the simulator), and the server's URL."""
+    """The `python -m agent` server the command started, everything under it (the simulator), and its URL."""
     while time.monotonic() < deadline:
-        serve = next((p for p in command.children() if "serve" in p.cmdline()), None)
+        serve = next((p for p in command.children() if p.cmdline()[1:3] == ["-m", "agent"]), None)
         if serve is not None:
             port = serve.cmdline()[serve.cmdline().index("--port") + 1]
             with contextlib.suppress(httpx.HTTPError):

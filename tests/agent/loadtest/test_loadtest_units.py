@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.app.ui import percentiles as app_percentiles
 from agent.fingerprints import reply_header
+from agent.loadtest.engine import RunData
 from agent.loadtest.isolation import check_turn, make_canary
-from agent.loadtest.metrics import TurnRecord, describe, ideal_throughput, percentile, summarize
-from agent.loadtest.protocol import apply_diff, content_text, reply_of
+from agent.loadtest.metrics import describe, ideal_throughput, summarize
+from agent.loadtest.protocol import Endpoint, apply_diff, content_text, reply_of
+from agent.loadtest.results import (
+    AdminFigures,
+    EventPeak,
+    GeneratorReport,
+    LatencyStats,
+    Nominal,
+    RunResult,
+    SloResult,
+    SmokeCheck,
+    SmokeReport,
+    Summary,
+    TurnRecord,
+)
+from agent.loadtest.runner import Target, build_result, compare_runs, verdict
 from agent.loadtest.slo import SloError, evaluate, parse_slo, parse_slos
+from agent.loadtest.workload import Workload
+from agent.stats import percentile, percentiles
 
 # --------------------------------------------------------------------------- protocol
 
@@ -134,8 +154,25 @@ def test_percentiles_interpolate_like_numpy() -> None:
     values = [1.0, 2.0, 3.0, 4.0]
     assert percentile(values, 50) == 2.5
     assert percentile(values, 90) == pytest.approx(3.7)
-    assert describe([]) == {"p50": None, "p90": None, "p95": None, "p99": None, "mean": None}
-    assert describe([2.0])["p99"] == 2.0
+    assert describe([]) == LatencyStats()
+    assert describe([]).to_dict() == {"p50": None, "p90": None, "p95": None, "p99": None, "mean": None}
+    assert describe([2.0]).p99 == 2.0
+    assert describe([4.0, 1.0, 3.0, 2.0]) == LatencyStats(p50=2.5, p90=3.7, p95=3.85, p99=3.97, mean=2.5)
+
+
+def test_the_app_and_the_load_tester_share_one_percentile() -> None:
+    """The admin API's recent-latency figures and a load test's agree on the same samples."""
+    values = [0.4, 0.1, 0.3, 0.2, 1.0]
+    assert app_percentiles is percentiles
+    shared = describe(values)  # the load tester's figures, rounded to the microsecond
+    assert percentiles(values) == pytest.approx({"p50": shared.p50, "p95": shared.p95}, abs=1e-6)
+    assert percentiles(values, (0.9, 0.99)) == pytest.approx({"p90": shared.p90, "p99": shared.p99}, abs=1e-6)
+    assert percentiles(values)["p95"] == pytest.approx(0.88)  # nearest rank would say 1.0
+    assert percentiles([]) == {"p50": None, "p95": None}
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="outside"):
+        percentile([1.0], 101)
 
 
 def _turn(user: int, start: float, end: float, *, join: float | None = None, error: str | None = None) -> TurnRecord:
@@ -149,25 +186,25 @@ def test_steady_throughput_ignores_the_ramp_down() -> None:
     turns = [_turn(u, 0, 1) for u in range(3)] + [_turn(3, 1, 2, join=0)] + [_turn(u, 1, 2) for u in range(2)] \
         + [_turn(2, 2, 3, join=1)]
     summary = summarize(turns, offered_end=2.0, ideal_rps=3.0)
-    assert summary["window"] == "steady"
-    assert summary["throughput_rps"] == pytest.approx(3.0)
-    assert summary["efficiency"] == pytest.approx(1.0)
-    assert summary["throughput_overall_rps"] == pytest.approx(7 / 3)
+    assert summary.window == "steady"
+    assert summary.throughput_rps == pytest.approx(3.0)
+    assert summary.efficiency == pytest.approx(1.0)
+    assert summary.throughput_overall_rps == pytest.approx(7 / 3)
 
 
 def test_turns_on_the_window_edge_count_by_their_served_share() -> None:
     turns = [_turn(0, 0, 2), _turn(1, 0, 1), _turn(1, 1, 3)]
     summary = summarize(turns, offered_end=2.0, ideal_rps=None)
-    assert summary["throughput_rps"] == pytest.approx((1 + 1 + 0.5) / 2)
-    assert summary["efficiency"] is None
+    assert summary.throughput_rps == pytest.approx((1 + 1 + 0.5) / 2)
+    assert summary.efficiency is None
 
 
 def test_a_window_with_little_of_the_work_falls_back_to_overall() -> None:
     turns = [_turn(0, 0, 0.01, error="queue_full")] + [_turn(u, 0, 1) for u in range(1, 4)]
     summary = summarize(turns, offered_end=0.01, ideal_rps=None)
-    assert summary["window"] == "overall"
-    assert summary["throughput_rps"] == pytest.approx(3.0)
-    assert summary["errors"]["queue_full"] == 1 and summary["error_rate"] == 0.25
+    assert summary.window == "overall"
+    assert summary.throughput_rps == pytest.approx(3.0)
+    assert summary.errors["queue_full"] == 1 and summary.error_rate == 0.25
 
 
 def test_ideal_follows_design_and_the_think_time() -> None:
@@ -206,8 +243,70 @@ def test_every_bad_slo_is_reported_at_once() -> None:
 
 
 def test_slo_results_and_unknown_values() -> None:
-    summary = {"ttft": {"p95": 0.5}, "errors": {"timeout": 1}, "error_rate": 0.02, "efficiency": None}
-    results = evaluate(parse_slos(["ttft.p95<1s", "errors<1%", "efficiency>0.9"]), summary)
-    assert results["ttft.p95<1s"] == {"passed": True, "value": 0.5, "limit": 1.0}
-    assert results["errors<1%"]["passed"] is False
-    assert results["efficiency>0.9"]["passed"] is False and results["efficiency>0.9"]["value"] is None
+    summary = Summary(ttft=LatencyStats(p95=0.5), errors={"timeout": 1}, error_rate=0.02, efficiency=None)
+    results = evaluate(parse_slos(["ttft.p95<1s", "errors<1%", "errors<2", "efficiency>0.9"]), summary)
+    assert results["ttft.p95<1s"] == SloResult(passed=True, value=0.5, limit=1.0)
+    assert results["ttft.p95<1s"].to_dict() == {"passed": True, "value": 0.5, "limit": 1.0}
+    assert results["errors<1%"].passed is False
+    assert results["errors<2"] == SloResult(passed=True, value=1.0, limit=2.0)
+    assert results["efficiency>0.9"].passed is False and results["efficiency>0.9"].value is None
+    assert results["efficiency>0.9"].to_dict() == {"passed": False, "value": None, "limit": 0.9,
+                                                   "note": "no value to compare"}
+
+
+
+# --------------------------------------------------------------------------- typed results and their JSON
+
+
+def _run(turns: list[TurnRecord], *, profile: str = "balanced", slos: tuple[str, ...] = ()) -> RunResult:
+    """A run result built the way the runner builds one, from what an engine would have observed."""
+    endpoint = Endpoint(base_url="http://127.0.0.1:1", api_prefix="/gradio_api", api_name="chat", fn_index=0,
+                        trigger_id=None, input_types=("textbox",), defaults=(None,), output_types=("chatbot",),
+                        gradio_version="6.0", protocol="sse_v3")
+    data = RunData(endpoint=endpoint, workload=Workload(users=2, turns=1), turns=tuple(turns), started_at=0.0,
+                   duration_s=3.0, offered_end=2.0,
+                   generator=GeneratorReport(cpu_share=0.1, loop_lag_ms={"p99": 1.0}, inconclusive=False),
+                   admin=AdminFigures(status="ok", samples=2, peak={"chat": EventPeak(running=2, waiting=1, limit=3)},
+                                      chat_limit=3),
+                   unfinished=0, skipped_arrivals=0, users_started=2)
+    return build_result(data, parse_slos(list(slos)), Nominal(3, "settings", 1.0, "settings:sim"),
+                        target=Target(spawn=True, profile=profile), profile=profile, settings={"a.b": 1})
+
+
+def test_a_run_result_gives_designs_json_document() -> None:
+    result = _run([_turn(0, 0, 1), _turn(1, 0, 1, error="timeout")], slos=("ttft.p95<2s",))
+    doc = result.to_dict()
+    assert list(doc) == ["meta", "summary", "turns"]
+    assert list(doc["summary"]) == [
+        "queue_wait", "ttft", "itl", "e2e", "turns_completed", "turns_failed", "turns_warmup", "tokens", "window_s",
+        "window", "throughput_rps", "throughput_overall_rps", "tokens_per_s", "ideal_rps", "efficiency", "errors",
+        "error_rate", "isolation_violations", "violating_sessions", "slo"]
+    assert doc["summary"]["slo"] == {"ttft.p95<2s": {"passed": True, "value": 1.0, "limit": 2.0}}
+    assert doc["summary"]["errors"] == {"queue_full": 0, "timeout": 1, "app_error": 0, "disconnect": 0}
+    assert doc["meta"]["admin"] == {"status": "ok", "samples": 2,
+                                    "peak": {"chat": {"running": 2, "waiting": 1, "limit": 3}}, "chat_limit": 3}
+    assert doc["meta"]["nominal"] == {"chat_limit": 3, "chat_limit_source": "settings", "service_time_s": 1.0,
+                                      "service_time_source": "settings:sim"}
+    assert doc["meta"]["target"] == {"url": "http://127.0.0.1:1", "spawned": True, "profile": "balanced",
+                                     "overrides": []}
+    assert doc["meta"]["prime"] == {"turns": 0, "e2e_s": [], "errors": []}
+    assert doc["turns"][1]["error"] == "timeout" and doc["turns"][0]["violation"] == []
+    assert json.loads(json.dumps(doc)) == doc  # plain JSON all the way down
+    assert verdict(result) == (0, [])
+
+
+def test_verdict_and_comparison_read_typed_runs() -> None:
+    isolated = _run([_turn(0, 0, 1), _turn(1, 0, 1)], profile="sequential")
+    broken = _run([_turn(0, 0, 0.5), replace(_turn(1, 0, 0.5), violation=("reply carries cw0-aaaa",))],
+                  profile="fast", slos=("ttft.p95<1ms",))
+    compared = compare_runs(["fast", "sequential"], [broken, isolated])
+    assert compared.baseline == "sequential"
+    assert [(row.profile, row.speedup) for row in compared.rows] == [("fast", 2.0), ("sequential", 1.0)]
+    assert compared.to_dict()["meta"]["compare"] == {"profiles": ["fast", "sequential"], "baseline": "sequential"}
+    assert verdict(compared) == (3, ["session isolation violated in 1 session(s): s1"])
+    unbroken = replace(broken, summary=replace(broken.summary, isolation_violations=0, violating_sessions=()))
+    assert verdict(unbroken) == (1, ["SLO ttft.p95<1ms breached: value 0.5"])
+    smoke = replace(isolated, smoke=SmokeReport((SmokeCheck("GET /admin/api/health", False, "HTTP 500"),)))
+    assert smoke.to_dict()["smoke"] == {"passed": False, "checks": [
+        {"check": "GET /admin/api/health", "passed": False, "detail": "HTTP 500"}]}
+    assert verdict(smoke) == (1, ["smoke check GET /admin/api/health failed: HTTP 500"])

@@ -234,17 +234,17 @@ async def _one_turn_each(server: RunningServer, count: int) -> list[Chat]:
 
 @needs_stack
 def test_loadtest_reports_each_workers_peak_against_its_limit(stack: RunningServer) -> None:
-    from agent.loadtest.engine import Workload
     from agent.loadtest.runner import Target, loadtest
+    from agent.loadtest.workload import Workload
 
-    doc = loadtest(Target(url=stack.url, token=token(stack)), Workload(users=8, turns=2, timeout=60))
-    admin_figures = doc["meta"]["admin"]
-    assert admin_figures["status"] == "ok"
-    assert set(admin_figures["workers"]) == {"0", "1"}
-    for events in admin_figures["workers"].values():
-        chat = next(fig for name, fig in events.items() if "chat" in name)
-        assert chat["running"] <= chat["limit"]
-    assert doc["summary"]["isolation_violations"] == 0
+    result = loadtest(Target(url=stack.url, token=token(stack)), Workload(users=8, turns=2, timeout=60))
+    admin_figures = result.meta.admin
+    assert admin_figures.status == "ok"
+    assert set(admin_figures.workers) == {"0", "1"}
+    for events in admin_figures.workers.values():
+        chat = next(peak for name, peak in events.items() if "chat" in name)
+        assert chat.limit is not None and chat.running <= chat.limit
+    assert result.summary.isolation_violations == 0
 
 
 @needs_stack
