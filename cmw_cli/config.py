@@ -178,10 +178,17 @@ def profiles(as_json: JsonOption = False) -> None:
         cmw config profiles
         cmw config profiles --json
     """
-    from agent.settings import ConfigError, available_profiles, display_value, load_profile, profile_description
+    from agent.settings import (
+        ConfigError,
+        available_profiles,
+        display_value,
+        load_profile,
+        profile_description,
+        profile_environ,
+    )
 
     report: dict[str, dict[str, Any]] = {}
-    for name, path in available_profiles().items():
+    for name, path in available_profiles(profile_environ()).items():
         entry: dict[str, Any] = {"path": str(path), "description": profile_description(path)}
         try:
             loaded = load_profile(path)
@@ -237,9 +244,9 @@ def validate(
     Example usage:
         cmw config validate ./mine.toml high-performance
     """
-    from agent.settings import ConfigError, available_profiles, load_profile
+    from agent.settings import ConfigError, available_profiles, load_profile, profile_environ
 
-    names = targets or list(available_profiles())
+    names = targets or list(available_profiles(profile_environ()))
     results: list[dict[str, Any]] = []
     for name in names:
         result: dict[str, Any] = {"target": name, "path": None, "ok": False, "problems": [], "warnings": []}
@@ -331,7 +338,9 @@ def init(
     directory: Annotated[
         Path | None,
         typer.Option(
-            "--dir", metavar="DIR", help="Write NAME.toml here [default: $CMW_PROFILES_DIR or ~/.config/cmw/profiles]."
+            "--dir", metavar="DIR",
+            help="Write NAME.toml here [default: $CMW_PROFILES_DIR, else $XDG_CONFIG_HOME/cmw/profiles or "
+            "~/.config/cmw/profiles].",
         ),
     ] = None,
     description: Annotated[
@@ -348,7 +357,7 @@ def init(
         cmw config init mine --from high-performance
         cmw config init ./staging.toml
     """
-    from agent.settings import ConfigError, looks_like_path, user_profiles_dir
+    from agent.settings import ConfigError, looks_like_path, profile_environ, user_profiles_dir
 
     if looks_like_path(name):
         path = Path(name).expanduser()
@@ -358,7 +367,7 @@ def init(
     else:
         if not PROFILE_NAME.match(name):
             fail(f"profile name {name!r}: use letters, digits, '.', '_' and '-', or give a path ending in .toml")
-        path = (directory.expanduser() if directory else user_profiles_dir()) / f"{name}.toml"
+        path = (directory.expanduser() if directory else user_profiles_dir(profile_environ())) / f"{name}.toml"
         label = name
     if path.is_dir():
         fail(f"{path} is a directory")
@@ -418,10 +427,12 @@ def path(as_json: JsonOption = False) -> None:
     """
     from agent.settings import (
         ConfigError,
-        default_state_dir,
+        Settings,
         load_settings,
+        profile_environ,
         resolve_profile,
         shipped_profiles_dir,
+        state_dir_path,
         user_profiles_dir,
     )
 
@@ -431,15 +442,15 @@ def path(as_json: JsonOption = False) -> None:
     except ConfigError as exc:
         selected = f"(none: {exc})"
     try:
-        state = load_settings().settings.server.state_dir or default_state_dir()
+        settings = load_settings().settings
     except ConfigError:
-        state = default_state_dir()  # the settings are broken; `cmw config show` says how
+        settings = Settings()  # the settings are broken; `cmw config show` says how
     places = {
-        "profiles_dir": str(user_profiles_dir()),
+        "profiles_dir": str(user_profiles_dir(profile_environ())),
         "shipped_profiles_dir": str(shipped_profiles_dir()),
         "env_file": str(env_file),
         "profile": selected,
-        "state_dir": str(Path(state).expanduser()),
+        "state_dir": str(state_dir_path(settings)),
     }
     if as_json:
         _print_json(places)

@@ -6,9 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
+from agent.settings.providers import PROVIDER_NAMES
 from cmw_cli.common import Exit, ProfileOption, SetOption, fail, load_or_exit
-
-PROVIDERS = ("sim", "openai", "openrouter")
 
 
 def serve(
@@ -17,7 +16,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [default: server.port, 7860; 0 = any free port].")] = None,
     llm: Annotated[
         str | None,
-        typer.Option("--llm", help="Provider (sim, openai, openrouter) or an OpenAI-compatible base URL."),
+        typer.Option(
+            "--llm", help=f"Provider ({', '.join(PROVIDER_NAMES)}) or an OpenAI-compatible base URL (= custom there)."
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Default model [default: the provider's].")] = None,
     workers: Annotated[
@@ -42,13 +43,7 @@ def serve(
     if port is not None:
         flags["server.port"] = (port, "--port")
     if llm is not None:
-        if llm in PROVIDERS:
-            flags["llm.provider"] = (llm, "--llm")
-        elif llm.startswith(("http://", "https://")):
-            flags["llm.provider"] = ("custom", "--llm")
-            flags["llm.base_url"] = (llm, "--llm")
-        else:
-            fail(f"--llm {llm!r}: expected one of {', '.join(PROVIDERS)} or an http(s):// base URL")
+        flags["llm.provider"] = (llm, "--llm")  # a base URL: the settings model makes it the custom provider there
     if model is not None:
         flags["llm.model"] = (model, "--model")
     if workers is not None:

@@ -47,7 +47,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_carries_both_packages_the_profiles_and_the_console_script(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"agent/settings.py", "cmw_cli/main.py", "cmw_cli/config.py"} <= names
+    assert {"agent/settings/__init__.py", "agent/settings/model.py", "cmw_cli/main.py", "cmw_cli/config.py"} <= names
     assert {f"agent/profiles/{name}.toml" for name in PROFILES} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "cmw = cmw_cli.__main__:run" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -27,14 +27,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.app.sse import Event, EventTooLarge, SSEDecoder
-from agent.settings import Settings
+from agent.settings import REGISTRY, Settings
+from agent.settings.providers import PROVIDERS
 
 log = logging.getLogger("cmw.llm")
 
-SIM_MODEL = "cmw-sim"
-OPENAI_URL = "https://api.openai.com/v1"
-OPENROUTER_URL = "https://openrouter.ai/api/v1"
-DEFAULT_MODELS = {"sim": SIM_MODEL, "openai": "gpt-4o-mini", "openrouter": "openai/gpt-4o-mini", "custom": "default"}
 # A streamed chunk is well under a kilobyte; an event this big is a broken or hostile server.
 MAX_EVENT_BYTES = 1 << 20
 MAX_ERROR_BODY_BYTES = 64 * 1024  # of an HTTP error body, read only to be logged
@@ -96,7 +93,8 @@ class Providers:
 
     def default_model(self, provider: str) -> str:
         llm = self.settings.llm
-        preferred = llm.model if provider == llm.provider and llm.model else DEFAULT_MODELS.get(provider, "default")
+        known = PROVIDERS.get(provider)
+        preferred = llm.model if provider == llm.provider and llm.model else known.default_model if known else "default"
         allowed = self._allowed.get(provider)
         return allowed[0] if allowed and preferred not in allowed else preferred
 
@@ -116,28 +114,27 @@ class Providers:
         return (provider, model) if self.allows(provider, model) else (provider, self.default_model(provider))
 
     def endpoint(self, provider: str, model: str | None = None) -> Endpoint:
-        urls = {
-            "sim": self.sim_base_url or "",
-            "openai": OPENAI_URL,
-            "openrouter": OPENROUTER_URL,
-            "custom": self.settings.llm.base_url,
-        }
-        if provider not in self.offered or provider not in urls:
+        known = PROVIDERS.get(provider)
+        if provider not in self.offered or known is None:
             raise LLMError("config", f"Provider '{provider}' is not offered. Available: {', '.join(self.offered)}.")
-        if not urls[provider]:
-            what = "the simulator is not running" if provider == "sim" else "llm.base_url is not set"
+        if known.embedded:
+            url = self.sim_base_url or ""
+        else:
+            url = str(self.settings.get(known.url_setting)) if known.url_setting else known.base_url
+        if not url:
+            what = "the simulator is not running" if known.embedded else f"{known.url_setting} is not set"
             raise LLMError("config", f"Provider '{provider}' is not available: {what}.")
-        return Endpoint(provider, urls[provider].rstrip("/"), model or self.default_model(provider))
+        return Endpoint(provider, url.rstrip("/"), model or self.default_model(provider))
 
     def _api_key(self, provider: str) -> str:
         """Each provider's own key: the OpenAI key never goes to OpenRouter or a custom base URL."""
-        llm = self.settings.llm
-        keys = {"openai": llm.api_key, "openrouter": llm.openrouter_api_key, "custom": llm.custom_api_key}
-        secret = keys.get(provider)
+        known = PROVIDERS.get(provider)
+        setting = known.key_setting if known else None
+        secret = self.settings.get(setting) if setting else None
         if secret is not None:
-            return secret.get_secret_value()
-        if provider in ("openai", "openrouter"):
-            env = "OPENROUTER_API_KEY" if provider == "openrouter" else "OPENAI_API_KEY"
+            return str(secret.get_secret_value())
+        if known is not None and known.key_required and setting:
+            env = REGISTRY[setting].env[0]
             raise LLMError("auth", f"No API key for {provider}: set {env} (or the llm settings) and restart.")
         return "not-needed"  # sim and most local servers accept any key
 
@@ -178,7 +175,8 @@ class Providers:
         cap = self.settings.llm.max_tokens
         if cap is None:
             return {}
-        return {"max_completion_tokens" if provider == "openai" else "max_tokens": cap}
+        known = PROVIDERS.get(provider)
+        return {known.max_tokens_field if known else "max_tokens": cap}
 
     async def _read(self, endpoint: Endpoint, chat_model: Any, messages: list[dict[str, str]]) -> AsyncIterator[Delta]:
         """SSE decoded by :mod:`agent.app.sse` on the HTTP client of ChatOpenAI's openai client: same URL, key, timeout.
@@ -393,7 +391,8 @@ def _error_message(body: Any) -> str:
 
 def _secrets_of(settings: Settings) -> list[str]:
     llm = settings.llm
-    found = [key.get_secret_value() for key in (llm.api_key, llm.openrouter_api_key, llm.custom_api_key) if key]
+    keys = [settings.get(p.key_setting) for p in PROVIDERS.values() if p.key_setting]
+    found = [key.get_secret_value() for key in keys if key]
     try:
         password = urlsplit(llm.base_url).password
     except ValueError:

@@ -57,9 +57,12 @@ class Target:
 
 def nominal_from_settings(loaded: LoadedSettings) -> Nominal:
     """Chat limit and the simulator's nominal reply time (TTFT + tokens ÷ speed) of a spawned server."""
+    from agent.settings.providers import PROVIDERS
+
     s = loaded.settings
     limit = min(s.event_limit("chat"), s.server.max_threads)
-    service = s.sim.ttft_ms / 1000 + s.sim.reply_tokens / s.sim.tokens_per_second if s.llm.provider == "sim" else None
+    simulated = PROVIDERS[s.llm.provider].embedded
+    service = s.sim.ttft_ms / 1000 + s.sim.reply_tokens / s.sim.tokens_per_second if simulated else None
     return Nominal(limit, "settings", service, "settings:sim" if service is not None else None)
 
 

@@ -15,12 +15,15 @@ def display_host(host: str) -> str:
 
 def provider_text(settings: Any, sim_url: str | None) -> str:
     """The default provider and where it is, for banners (a password in llm.base_url masked)."""
-    llm = settings.llm
-    if llm.provider == "sim" and sim_url:
-        return f"sim (simulator at {sim_url})"
-    if llm.provider == "custom" or (llm.provider == "openai" and llm.base_url):
-        return f"{llm.provider} at {mask_url_passwords(llm.base_url)}"
-    return llm.provider
+    from agent.settings.providers import PROVIDERS
+
+    name = settings.llm.provider
+    provider = PROVIDERS[name]
+    if provider.embedded and sim_url:
+        return f"{name} (simulator at {sim_url})"
+    if provider.url_setting:
+        return f"{name} at {mask_url_passwords(str(settings.get(provider.url_setting) or '(not set)'))}"
+    return name
 
 
 def print_banner(console: Any, loaded: LoadedSettings, ctx: Any, url: str, sim_url: str | None) -> None:

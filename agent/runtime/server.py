@@ -44,9 +44,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 @contextlib.contextmanager
 def embedded_simulator(loaded: LoadedSettings) -> Iterator[str | None]:
+    """The embedded simulator's base URL while an offered provider is served by it, else None."""
+    from agent.settings.providers import PROVIDERS
+
     settings = loaded.settings
-    wanted = settings.llm.provider == "sim" or "sim" in settings.llm.providers
-    if not wanted:
+    offered = {settings.llm.provider, *settings.llm.providers}
+    if not any(PROVIDERS[name].embedded for name in offered):
         yield None
         return
     from agent.simulator import simulator_process

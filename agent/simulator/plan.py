@@ -16,8 +16,9 @@ from typing import Any
 
 from agent.fingerprints import reply_header
 from agent.settings import SimSettings
+from agent.settings.providers import SIM_MODEL
 
-DEFAULT_MODEL = "cmw-sim"
+DEFAULT_MODEL = SIM_MODEL
 FAULT_HEADER = "x-sim-fault"
 # A model name may carry a forced fault too, e.g. "cmw-sim@disconnect" or "cmw-sim@error:429",
 # so a client that cannot set headers (a chat UI's model box) can still pick one.

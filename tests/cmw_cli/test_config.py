@@ -470,6 +470,37 @@ def test_init_does_not_copy_secrets(settings_env: Path) -> None:
     assert SECRET not in (settings_env / "profiles" / "copy.toml").read_text()
 
 
+@pytest.mark.parametrize("where", ["CMW_PROFILES_DIR", "XDG_CONFIG_HOME", ".env"])
+def test_every_command_finds_the_profile_init_just_wrote(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """One profile lookup: `config init mine` writes where validate, show, diff, profiles and path look."""
+    monkeypatch.delenv("CMW_PROFILES_DIR")
+    directory = settings_env / "config" / "cmw" / "profiles"  # $XDG_CONFIG_HOME/cmw/profiles (settings_env)
+    if where == "CMW_PROFILES_DIR":
+        directory = settings_env / "mine-dir"
+        monkeypatch.setenv("CMW_PROFILES_DIR", str(directory))
+    elif where == ".env":
+        directory = settings_env / "dotenv-dir"
+        write(settings_env / ".env", f"CMW_PROFILES_DIR={directory}\n")
+    path = directory / "mine.toml"
+    assert cmw("config", "init", "mine", "--from", "constrained").exit_code == 0
+    assert path.is_file()
+
+    validated = cmw("config", "validate", "mine", "--json")
+    assert validated.exit_code == 0, validated.output
+    assert json.loads(validated.stdout)[0]["path"] == str(path)
+    shown = json.loads(cmw("config", "show", "-p", "mine", "--json").stdout)
+    assert shown["events.chat_concurrency_limit"] == {**shown["events.chat_concurrency_limit"], "value": 1,
+                                                      "source": f"profile:{path}"}
+    differ = json.loads(cmw("config", "diff", "balanced", "mine", "--json").stdout)
+    assert differ["b"]["path"] == str(path)
+    assert differ["differences"]["events.chat_concurrency_limit"] == {"a": 3, "b": 1}
+    assert json.loads(cmw("config", "profiles", "--json").stdout)["mine"]["path"] == str(path)
+    places = json.loads(cmw("config", "path", "--json", env={"CMW_PROFILE": "mine"}).stdout)
+    assert (places["profiles_dir"], places["profile"]) == (str(directory), str(path))
+
+
 # --------------------------------------------------------------------------- path
 
 
@@ -483,6 +514,19 @@ def test_path_tells_where_cmw_looks(settings_env: Path) -> None:
         "state_dir": str(settings_env / "state" / "cmw"),
     }
     assert cmw("config", "path").exit_code == 0
+
+
+def test_path_names_the_state_dir_the_server_uses_when_xdg_state_home_is_relative(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The XDG spec says a relative $XDG_STATE_HOME is ignored; `config path` and the server both ignore it."""
+    from agent.sessions.store import state_dir as server_state_dir
+
+    monkeypatch.setenv("HOME", str(settings_env / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")
+    named = json.loads(cmw("config", "path", "--json").stdout)["state_dir"]
+    assert named == str(settings_env / "home" / ".local" / "state" / "cmw")
+    assert named == str(server_state_dir(load_settings().settings))
 
 
 def test_path_survives_broken_settings(settings_env: Path) -> None:

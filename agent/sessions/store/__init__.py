@@ -24,7 +24,7 @@ from agent.sessions.store.base import SessionStore, StoreError, last_active
 from agent.sessions.store.memory import MemoryStore
 from agent.sessions.store.redis import RedisStore
 from agent.sessions.store.sqlite import SCHEMA_VERSION, SQLITE_MIGRATIONS, SQLiteStore
-from agent.settings import ConfigError, Problem, Settings
+from agent.settings import ConfigError, Problem, Settings, state_dir_path
 
 __all__ = [
     "SCHEMA_VERSION", "SQLITE_MIGRATIONS", "MemoryStore", "RedisStore", "SQLiteStore", "SessionStore", "StoreError",
@@ -52,16 +52,9 @@ def open_store(spec: str, state_dir: Path) -> SessionStore:
 def state_dir(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
     """The directory holding the session database and the admin token, created 0700.
 
-    ``server.state_dir`` when set, else ``$XDG_STATE_HOME/cmw`` (an absolute path, per the XDG spec),
-    else ``~/.local/state/cmw``.
+    Where it is, is :func:`agent.settings.state_dir_path`'s answer (shared with ``cmw config path``).
     """
-    environ = os.environ if environ is None else environ
-    if settings.server.state_dir is not None:
-        path = Path(settings.server.state_dir).expanduser()
-    else:
-        xdg = environ.get("XDG_STATE_HOME", "")
-        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
-        path = base / "cmw"
+    path = state_dir_path(settings, environ)
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

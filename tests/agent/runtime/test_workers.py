@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tests.agent.test_store_redis import REDIS_SERVER, running_redis
 from typer.testing import CliRunner
 
 from agent.loadtest.connection import Connection, Origin
 from agent.loadtest.protocol import Endpoint, discover, run_turn, user_texts
 from agent.runtime.proxy import ProxyError, find_haproxy
 from cmw_cli.main import app
+from tests.agent.sessions.test_store_redis import REDIS_SERVER, running_redis
 from tests.servers import RunningServer, cmw_server
 
 try:
@@ -56,7 +56,7 @@ def test_missing_haproxy_exits_4_naming_the_package(
 
 @pytest.mark.skipif(not HAVE_HAPROXY, reason="haproxy is not installed (apt-get install haproxy)")
 def test_unreachable_redis_is_one_line_and_exit_4(settings_env: Path) -> None:
-    from tests.agent.test_store_redis import _free_port
+    from tests.agent.sessions.test_store_redis import _free_port
 
     url = f"redis://127.0.0.1:{_free_port()}/0"
     result = runner.invoke(app, ["serve", "--workers", "2", "--port", "0", "--set", f"sessions.store={url}"])

@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.agent.test_store_redis import REDIS_SERVER, running_redis
 
 from agent.app.admin import token_path
 from agent.loadtest.protocol import user_texts
 from agent.settings import SimSettings
 from agent.simulator import Simulator, running_simulator
+from tests.agent.sessions.test_store_redis import REDIS_SERVER, running_redis
 from tests.raw import call, event
 from tests.servers import RunningServer, cmw_server
 

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.agent.test_store_redis import REDIS_SERVER, flush, running_redis
 
 from agent.sessions.store import MemoryStore, RedisStore, SQLiteStore, StoreError, open_store, state_dir
 from agent.settings import Settings
+from tests.agent.sessions.test_store_redis import REDIS_SERVER, flush, running_redis
 
 
 def meta(session_id: str = "s1", **extra: object) -> dict[str, object]:

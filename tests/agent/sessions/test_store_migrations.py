@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.agent.test_store_redis import REDIS_SERVER, flush, running_redis
 
 import agent.sessions.store.sqlite
 from agent.sessions.store import SCHEMA_VERSION, RedisStore, SQLiteStore, StoreError
+from tests.agent.sessions.test_store_redis import REDIS_SERVER, flush, running_redis
 
 # agent/sessions/store's _SCHEMA at schema 1, verbatim.
 _V1_SQL = """
