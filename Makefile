@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean system-deps browser-deps
+.PHONY: serve test test-fast lint bench clean system-deps browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ browser-deps:
 test: $(STAMP) system-deps browser-deps
 	$(VENV)/bin/ruff check agent cmw_cli tests bench
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier: no server process, browser or system service (markers in pyproject.toml); run it after
+# every change. `make test` runs everything.
+FAST_TIER := not server and not services and not browser
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check agent cmw_cli tests bench
+	$(VENV)/bin/python -m pytest -m "$(FAST_TIER)" -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/cli_startup.py

@@ -25,6 +25,7 @@ class Exit(IntEnum):
     BAD_INPUT = 2
     ISOLATION = 3
     UNREACHABLE = 4
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
 
 
 class _LazyConsole:

@@ -20,7 +20,7 @@ app = typer.Typer(
     name="cmw",
     help="Launch, measure and administer a Gradio LLM agent app with validated concurrency profiles.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
     pretty_exceptions_enable=False,
     # Plain click help: typer's rich help imports rich.markdown, markdown-it and pygments, which
     # alone cost more than the whole 0.25 s budget of `cmw --help` (bench/cli_startup.py).

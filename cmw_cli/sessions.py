@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cmw_cli.client import TokenOption, UrlOption, connect
-from cmw_cli.common import JsonOption, console, fail
+from cmw_cli.common import Exit, JsonOption, console, fail
 
 app = typer.Typer(help="Inspect and manage the sessions of a running server.", no_args_is_help=True)
 
@@ -122,7 +122,7 @@ def watch(
                 live.update(_watch_view(client.url, client.get("sessions"), client.get("queue")), refresh=True)
                 shown += 1
     except KeyboardInterrupt:
-        pass
+        raise typer.Exit(int(Exit.INTERRUPTED)) from None
 
 
 def _watch_view(url: str, sessions: list[dict[str, Any]], queue: dict[str, Any]) -> Any:

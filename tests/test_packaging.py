@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.server  # builds and installs a wheel in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("balanced", "constrained", "high-performance")
 

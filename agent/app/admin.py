@@ -110,11 +110,12 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
     from fastapi.responses import PlainTextResponse
 
     from agent import __version__
+    from agent.app import admin_models as models
     from agent.stats import percentiles
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(require_token)])
 
-    @router.get("/health")
+    @router.get("/health", response_model=models.Health)
     async def health() -> dict[str, Any]:
         """Whether the server takes work, what it runs, and its turns (failures by error class)."""
         settings = ctx.settings
@@ -129,14 +130,14 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
             "turns": ctx.metrics.turn_figures(),
         }
 
-    @router.get("/sessions")
+    @router.get("/sessions", response_model=list[models.SessionSummary])
     async def sessions(
         offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(1000, ge=1, le=10_000)
     ) -> list[dict[str, Any]]:
         """A page of conversations: those in memory first (running/idle), then the stored ones (``stored``)."""
         return await asyncio.to_thread(ctx.sessions.summaries, offset, limit)
 
-    @router.get("/sessions/{session_id}")
+    @router.get("/sessions/{session_id}", response_model=models.SessionDetail)
     async def session(session_id: str) -> dict[str, Any]:
         """One conversation, by its id or a Gradio session hash of it, with its history and files."""
         found = await asyncio.to_thread(_peek, session_id)
@@ -144,7 +145,7 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
             raise HTTPException(404, "no such session")
         return found
 
-    @router.delete("/sessions/{session_id}")
+    @router.delete("/sessions/{session_id}", response_model=models.Ended)
     async def end_session(session_id: str) -> dict[str, Any]:
         """End a conversation for good: memory, stored history and files; its restore token stops working."""
         ended = await asyncio.to_thread(_end, session_id)
@@ -162,7 +163,7 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
                 return candidate
         return None
 
-    @router.get("/queue")
+    @router.get("/queue", response_model=models.Queue)
     async def queue() -> dict[str, Any]:
         """Live waiting/running/limit per event and recent reply latency percentiles (seconds)."""
         monitor = ctx.monitor
@@ -175,7 +176,7 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
             "samples": len(ctx.latencies),
         }
 
-    @router.get("/config")
+    @router.get("/config", response_model=dict[str, models.SettingEntry])
     async def config() -> dict[str, dict[str, Any]]:
         """Effective settings with their sources; secrets masked."""
         return ctx.loaded.describe()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.settings import Settings, SimSettings
+from agent.simulator.plan import Dice
 from agent.simulator.protocol import Connection, SimState
 
 
@@ -39,6 +40,15 @@ class Simulator:
         """The OpenAI base URL clients are given, ending in ``/v1``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
+
+    def configure(self, settings: SimSettings) -> None:
+        """Behave by ``settings`` from the next request on, with fresh dice seeded from ``settings.seed``.
+
+        So one running simulator can serve phases of different fault rates, each as repeatable as a new one.
+        """
+        self.settings = settings
+        self._state.settings = settings
+        self._state.dice = Dice(settings)
 
     async def start(self) -> None:
         """Bind and start serving; with port 0 the chosen port is in ``.port`` afterwards."""

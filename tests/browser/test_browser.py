@@ -34,7 +34,7 @@ MAX_SIZE = 4
 CHAT_LIMIT = 3  # balanced
 STALL_S = 6  # a stalled reply holds its chat slot this long, so a full queue stays full while the browser joins
 WAIT_MS = 30_000
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(180)]
 
 RECORD_REPLIES = """() => {
   window.__replies = [];

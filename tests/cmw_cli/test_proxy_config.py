@@ -86,6 +86,7 @@ def test_whitespace_or_control_characters_in_hosts_or_bind_are_exit_2(tmp_path: 
 
 
 @needs_haproxy
+@pytest.mark.services
 def test_an_injected_directive_never_reaches_haproxy(tmp_path: Path) -> None:
     """No config is written for an injected --bind; an honest one still passes `haproxy -c`."""
     out = tmp_path / "haproxy.cfg"
@@ -113,6 +114,7 @@ def test_out_writes_the_file(tmp_path: Path) -> None:
 
 
 @needs_haproxy
+@pytest.mark.services
 def test_haproxy_accepts_the_generated_config(tmp_path: Path) -> None:
     out = tmp_path / "haproxy.cfg"
     assert runner.invoke(app, ["proxy-config", "-u", "http://127.0.0.1:7860", "-u", "https://127.0.0.1:7443",
@@ -191,6 +193,7 @@ def running_haproxy(config: str, port: int, workdir: Path) -> Iterator[str]:
 
 
 @needs_haproxy
+@pytest.mark.services
 @pytest.mark.parametrize("balance", ["least-loaded", "map-based", "consistent"])
 def test_every_route_of_a_session_reaches_one_backend(tmp_path: Path, balance: str) -> None:
     with echo_backend("a") as port_a, echo_backend("b") as port_b:

@@ -17,6 +17,8 @@ from agent.app.admin import token_path
 from cmw_cli.main import app
 from tests.servers import RunningServer, cmw_server, free_port
 
+pytestmark = pytest.mark.server
+
 FAST = ("sim.ttft_ms=5", "sim.tokens_per_second=2000", "sim.reply_tokens=5", "sim.jitter=0")
 runner = CliRunner()
 
@@ -168,6 +170,27 @@ def test_watch_table_stops_after_count(server: RunningServer, two_users: dict[st
     result = cmw(server, "sessions", "watch", "--count", "1", env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "chat 0/3 running" in result.stdout
+
+
+def test_ctrl_c_stops_watch_with_exit_130(server: RunningServer) -> None:
+    """Ctrl-C is how `watch` ends; it reports SIGINT as shells do (128 + 2), so a script can tell it from a failure."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CMW_ADMIN_TOKEN": token_path(server.state_dir).read_text().strip()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cmw_cli", "sessions", "watch", "--json", "--interval", "0.1", "--url", server.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "sessions" in json.loads(proc.stdout.readline())  # it is watching: interrupt it mid-loop
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_kill_9_during_load_then_restart_keeps_every_completed_turn(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def test_bad_flags_exit_2_without_serving(served: dict[str, Any], args: list[str
     assert "Traceback" not in result.output
 
 
+@pytest.mark.server
 def test_a_busy_port_exits_4(settings_env: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -75,6 +76,7 @@ def test_a_busy_port_exits_4(settings_env: Path) -> None:
     assert "cannot start the simulator" in result.output
 
 
+@pytest.mark.server
 def test_cmw_sim_serves_models_then_stops_on_sigterm_with_exit_0(settings_env: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "cmw_cli.main", "sim", "--port", "0", "--ttft-ms", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -93,6 +95,7 @@ def test_cmw_sim_serves_models_then_stops_on_sigterm_with_exit_0(settings_env: P
             proc.wait()
 
 
+@pytest.mark.server
 def test_cmw_sim_stops_on_ctrl_c_with_exit_0(settings_env: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "cmw_cli.main", "sim", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

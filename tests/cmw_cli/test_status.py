@@ -15,6 +15,8 @@ from cmw_cli.main import app
 from cmw_cli.status import duration
 from tests.servers import RunningServer, cmw_server, free_port
 
+pytestmark = pytest.mark.server
+
 runner = CliRunner()
 
 

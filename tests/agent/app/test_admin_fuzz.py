@@ -33,7 +33,7 @@ from agent.loadtest.connection import Connection, Origin
 from agent.loadtest.protocol import Endpoint, discover, reply_of, run_turn, user_texts
 from tests.servers import RunningServer, cmw_server
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
 EXAMPLES = 150  # per test, over the five operations
 FUZZ = settings(

@@ -18,6 +18,8 @@ from agent.settings import SimSettings
 from agent.simulator import Simulator, running_simulator
 from tests.servers import RunningServer, cmw_server
 
+pytestmark = pytest.mark.server
+
 # ~0.5 s replies: long enough that concurrent chats overlap, short enough for a quick suite.
 SLOW = SimSettings(ttft_ms=100, tokens_per_second=40, reply_tokens=16, jitter=0)
 

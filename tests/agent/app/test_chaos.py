@@ -30,7 +30,7 @@ from agent.settings import SimSettings
 from agent.simulator import Simulator, running_simulator
 from tests.servers import RunningServer, cmw_server
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
 
 USERS = 6
 TURNS = 6
@@ -154,14 +154,14 @@ def admin_failed(admin: httpx.Client) -> Counter[str]:
 
 def run_phase(server: RunningServer, sim: Simulator, admin: httpx.Client, rates: dict[str, float]) -> Counter[str]:
     """Run USERS x TURNS turns with these fault rates, check everything; the faults injected by kind."""
-    sim.settings = QUIET.model_copy(update={f"{kind}_rate": rate for kind, rate in rates.items()})
-    sim._rng.seed(SEED)  # the same draws each run: the phase's fault counts do not depend on luck
+    # Fresh dice seeded with SEED: the same draws each run, so the phase's fault counts do not depend on luck.
+    sim.configure(QUIET.model_copy(update={f"{kind}_rate": rate for kind, rate in rates.items()}))
     faults_before, completions_before = Counter(sim.counters.faults), sim.counters.completions
     metrics_before, admin_before = failed_metrics(server), admin_failed(admin)
     try:
         turns = asyncio.run(crowd(server.url, USERS, TURNS))
     finally:
-        sim.settings = QUIET
+        sim.configure(QUIET)
     faults = Counter(sim.counters.faults)
     faults.subtract(faults_before)
     attempts = sim.counters.completions - completions_before

@@ -71,6 +71,7 @@ def session_ids(admin: httpx.Client) -> set[str]:
 # --------------------------------------------------------------------------- body caps
 
 
+@pytest.mark.server
 def test_a_30_mb_join_is_413_before_anything_is_queued(server: RunningServer, admin: httpx.Client,
                                                         chat_fn: int) -> None:
     before, sessions_before = queue_figures(admin), session_ids(admin)
@@ -84,6 +85,7 @@ def test_a_30_mb_join_is_413_before_anything_is_queued(server: RunningServer, ad
     assert 'cmw_requests_refused_total{reason="body_too_large"}' in metrics
 
 
+@pytest.mark.server
 def test_a_chunked_30_mb_join_without_content_length_is_413_too(server: RunningServer, admin: httpx.Client,
                                                                  chat_fn: int) -> None:
     before = queue_figures(admin)
@@ -101,12 +103,14 @@ def test_a_chunked_30_mb_join_without_content_length_is_413_too(server: RunningS
     assert queue_figures(admin) == before
 
 
+@pytest.mark.server
 def test_a_30_mb_call_is_413_too(server: RunningServer) -> None:
     response = httpx.post(f"{server.url}/gradio_api/call/chat", json={"data": ["x" * THIRTY_MB]}, timeout=60,
                           headers={"X-Forwarded-For": client_address()})
     assert response.status_code == 413
 
 
+@pytest.mark.server
 def test_the_longest_message_a_user_may_type_fits_under_the_cap(server: RunningServer, chat_fn: int) -> None:
     longest = "\u00e9" * 20_000  # the chat's 20,000-character limit, each escaped to 6 bytes of JSON
     assert join(server, chat_fn, f"long-{secrets.token_hex(6)}", longest, address=client_address()).status_code == 200
@@ -115,6 +119,7 @@ def test_the_longest_message_a_user_may_type_fits_under_the_cap(server: RunningS
 # --------------------------------------------------------------------------- rate limits
 
 
+@pytest.mark.server
 def test_new_sessions_per_address_are_limited_with_retry_after(server: RunningServer, chat_fn: int) -> None:
     address, other = client_address(), client_address()
     for n in range(NEW_SESSIONS):
@@ -126,6 +131,7 @@ def test_new_sessions_per_address_are_limited_with_retry_after(server: RunningSe
     assert join(server, chat_fn, f"other-{secrets.token_hex(6)}", address=other).status_code == 200
 
 
+@pytest.mark.server
 def test_messages_per_session_are_limited_and_other_sessions_go_on(server: RunningServer, chat_fn: int) -> None:
     address = client_address()
     chatty, quiet = f"chatty-{secrets.token_hex(6)}", f"quiet-{secrets.token_hex(6)}"
@@ -136,6 +142,7 @@ def test_messages_per_session_are_limited_and_other_sessions_go_on(server: Runni
     assert join(server, chat_fn, quiet, address=address).status_code == 200
 
 
+@pytest.mark.server
 def test_messages_per_address_are_limited_across_its_sessions(server: RunningServer, chat_fn: int) -> None:
     address = client_address()
     sessions = [f"spread-{n}-{secrets.token_hex(6)}" for n in range(3)]
@@ -158,6 +165,7 @@ def settled_turns(admin: httpx.Client) -> int:
         time.sleep(0.05)
 
 
+@pytest.mark.server
 def test_a_refused_message_is_not_queued(server: RunningServer, admin: httpx.Client, chat_fn: int) -> None:
     address, session_hash = client_address(), f"refused-{secrets.token_hex(6)}"
     for _ in range(SESSION_MESSAGES):
@@ -169,6 +177,7 @@ def test_a_refused_message_is_not_queued(server: RunningServer, admin: httpx.Cli
     assert settled_turns(admin) == started + 1
 
 
+@pytest.mark.server
 def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(server: RunningServer, chat_fn: int) -> None:
     """127.0.0.2 is not a trusted proxy: the addresses it claims give it no fresh buckets."""
     transport = httpx.HTTPTransport(local_address="127.0.0.2")
@@ -180,6 +189,7 @@ def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(server: RunningServer
 # --------------------------------------------------------------------------- clients' mistakes
 
 
+@pytest.mark.server
 def test_an_unknown_event_is_a_4xx_and_one_log_line(server: RunningServer) -> None:
     for fn_index in (9999, -1):
         response = join(server, fn_index, "x", address=client_address())

@@ -25,6 +25,8 @@ from agent.loadtest.protocol import TurnResult, discover, reply_of, run_turn, us
 from tests.llm_server import SERVER_PATH, LLMServer, running_llm_server
 from tests.servers import RunningServer, cmw_server, free_port
 
+pytestmark = pytest.mark.server
+
 OPENAI_KEY = "sk-openai-key-must-stay-home-42"
 CUSTOM_KEY = "sk-custom-key-for-the-url-0042"
 ALLOWED = ["echo", "status:500", "endless", "silent"]

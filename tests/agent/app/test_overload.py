@@ -29,7 +29,7 @@ MAX_SIZE = 4
 USERS = 3 * MAX_SIZE
 CHAT_LIMIT = 3  # balanced
 TURN_BOUND_S = 30  # no accepted turn may take longer: the burst is ~3 rounds of 1.5 s replies
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(150)]
 
 
 @pytest.fixture(scope="module")

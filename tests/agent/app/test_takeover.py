@@ -20,6 +20,8 @@ from agent.fingerprints import fingerprint, parse_reply_header
 from tests.raw import Event, call, event
 from tests.servers import RunningServer, cmw_server
 
+pytestmark = pytest.mark.server
+
 FAST = ("sim.ttft_ms=5", "sim.tokens_per_second=2000", "sim.reply_tokens=5", "sim.jitter=0")
 
 

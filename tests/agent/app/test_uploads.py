@@ -23,6 +23,8 @@ from agent.sessions.manager import SessionManager
 from agent.sessions.store import MemoryStore
 from tests.servers import RunningServer, cmw_server
 
+pytestmark = pytest.mark.server
+
 LIMIT = 2_000
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 

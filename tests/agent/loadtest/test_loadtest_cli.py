@@ -14,6 +14,8 @@ from agent.loadtest.results import LATENCIES, STATS
 from agent.loadtest.spawn import HOST, free_port
 from cmw_cli.main import app
 
+pytestmark = pytest.mark.server
+
 runner = CliRunner()
 
 

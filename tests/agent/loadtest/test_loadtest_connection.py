@@ -9,6 +9,8 @@ import pytest
 
 from agent.loadtest.connection import Connection, ConnectionLost, Origin
 
+pytestmark = pytest.mark.server
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 

@@ -19,6 +19,8 @@ from agent.loadtest.results import LATENCIES
 from agent.loadtest.spawn import HOST, SpawnError, free_port, run_server
 from cmw_cli.main import app
 
+pytestmark = pytest.mark.server
+
 runner = CliRunner()
 # A quick simulator: 0.1 s to first token, 20 tokens at 50/s — half a second per reply, no jitter.
 FAST_SIM = ["--set", "sim.ttft_ms=100", "--set", "sim.reply_tokens=20", "--set", "sim.tokens_per_second=50",

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from gradio_client import Client
 
 from tests.servers import free_port, wait_until_ready
+
+pytestmark = pytest.mark.server
 
 
 def test_python_m_agent_serves_with_the_environments_profile(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ from cmw_cli.main import app
 from tests.agent.sessions.test_store_redis import REDIS_SERVER, running_redis
 from tests.servers import RunningServer, cmw_server
 
+pytestmark = [pytest.mark.server, pytest.mark.services]
+
 try:
     find_haproxy()
     HAVE_HAPROXY = True

@@ -22,6 +22,8 @@ from tests.agent.sessions.test_store_redis import REDIS_SERVER, running_redis
 from tests.raw import call, event
 from tests.servers import RunningServer, cmw_server
 
+pytestmark = pytest.mark.server
+
 # A reply of ~10 s: long enough to be cut in the middle.
 LONG = SimSettings(ttft_ms=10, tokens_per_second=40, reply_tokens=400, jitter=0)
 

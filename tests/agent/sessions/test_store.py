@@ -45,7 +45,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.services)])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path):
     """Each of the three stores, empty; Redis on a real redis-server (skipped when none is installed)."""
     if request.param == "memory":
@@ -292,6 +292,7 @@ for i in range(100_000):
 """
 
 
+@pytest.mark.server
 @pytest.mark.timeout(60)
 def test_every_committed_turn_survives_kill_9(tmp_path: Path) -> None:
     path = tmp_path / "sessions.db"

@@ -210,6 +210,7 @@ def write_v1_redis(client, prefix: str = "cmw:") -> None:
         client.zadd(f"{prefix}ids", {sid: meta["created"]}, nx=True)
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("prefix", ["cmw:", "t[1]*:"])
 def test_a_v1_redis_store_upgrades_and_keeps_every_message(client, redis_url: str, prefix: str) -> None:
     write_v1_redis(client, prefix)
@@ -241,6 +242,7 @@ def test_a_v1_redis_store_upgrades_and_keeps_every_message(client, redis_url: st
         again.close()
 
 
+@pytest.mark.services
 def test_a_big_v1_redis_store_is_indexed_in_batches(client, redis_url: str) -> None:
     total = 450  # more than two SCAN batches
     pipe = client.pipeline(transaction=False)
@@ -258,6 +260,7 @@ def test_a_big_v1_redis_store_is_indexed_in_batches(client, redis_url: str) -> N
         store.close()
 
 
+@pytest.mark.services
 def test_a_fresh_redis_store_records_every_step(client, redis_url: str) -> None:
     store = RedisStore(redis_url)
     try:
@@ -267,6 +270,7 @@ def test_a_fresh_redis_store_records_every_step(client, redis_url: str) -> None:
         store.close()
 
 
+@pytest.mark.services
 def test_a_newer_redis_schema_is_refused(client, redis_url: str) -> None:
     client.set("cmw:schema", "99")
     with pytest.raises(StoreError, match="newer cmw"):

@@ -17,6 +17,8 @@ import pytest
 
 from agent.sessions.store import RedisStore, StoreError, open_store
 
+pytestmark = pytest.mark.services
+
 REDIS_SERVER = shutil.which("redis-server") or next(
     (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if Path(p).exists()), None
 )

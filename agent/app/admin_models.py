@@ -1,0 +1,127 @@
+"""The admin API's response shapes: FastAPI validates every answer against them and publishes them in /openapi.json.
+
+So the OpenAPI document states what a script may rely on, and the fuzz test (tests/agent/app/test_admin_fuzz.py)
+checks each answer against it. The shapes are what the routes returned before they had models; a field added
+here is a promise to every `cmw status` and `cmw sessions` that reads it.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Allowed extra keys only where the payload is open by nature (a chat message's provider-specific fields).
+
+
+class Message(BaseModel):
+    """One chat message as the LLM saw it."""
+
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str
+
+
+class LogEntry(BaseModel):
+    time: float = Field(description="Unix time.")
+    message: str
+
+
+class SessionSummary(BaseModel):
+    """A conversation in `cmw sessions list`: in memory (running/idle) or only in the store (stored)."""
+
+    id: str
+    created: float
+    last_active: float
+    provider: str
+    model: str
+    turns: int
+    tokens: int
+    errors: int
+    state: Literal["running", "idle", "stored"]
+    files: list[str] = Field(default_factory=list, description="Names of the attached files.")
+
+
+class SessionDetail(BaseModel):
+    """One conversation with its history, files (name → text), recent latencies and its log."""
+
+    id: str
+    created: float
+    last_active: float
+    provider: str
+    model: str
+    turns: int
+    tokens: int
+    errors: int
+    state: Literal["running", "idle", "stored"]
+    history: list[Message]
+    files: dict[str, str]
+    latencies: list[float]
+    ttfts: list[float]
+    log: list[LogEntry]
+
+
+class Ended(BaseModel):
+    id: str
+    ended: Literal["killed"]
+
+
+class SessionCounts(BaseModel):
+    active: int = Field(description="Sessions in memory.")
+    running: int
+    created_total: int
+    restored_total: int
+    evicted_total: int
+    expired_total: int
+    ended_total: int
+    ended_by_reason: dict[str, int]
+    purged_total: int
+    aliases: int
+    store_errors: int
+    stored: int | None = Field(description="Conversations in the store; null when the store cannot say.")
+
+
+class TurnFigures(BaseModel):
+    started: int
+    completed: int
+    failed: int
+    failed_by_class: dict[str, int]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "draining"]
+    version: str
+    profile: str | None
+    uptime_s: float
+    provider: str
+    model: str
+    sessions: SessionCounts
+    turns: TurnFigures
+
+
+class EventFigures(BaseModel):
+    waiting: int | None
+    running: int | None
+    limit: int | None = Field(description="Concurrency limit; null when unlimited.")
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+
+
+class Queue(BaseModel):
+    events: dict[str, EventFigures]
+    waiting_total: int
+    in_flight: int
+    e2e_s: Percentiles = Field(description="Reply latency of recent turns, seconds.")
+    ttft_s: Percentiles = Field(description="Time to first token of recent turns, seconds.")
+    samples: int
+
+
+class SettingEntry(BaseModel):
+    """One settings key as `cmw config show --json` shows it: value (secrets masked) and where it came from."""
+
+    value: object
+    source: str
+    env: list[str]
+    allowed: str
+    description: str
