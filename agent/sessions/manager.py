@@ -165,10 +165,6 @@ class SessionManager:
         with self._lock:
             self._aliases.pop(session_hash, None)
 
-    def alias_count(self) -> int:
-        with self._lock:
-            return len(self._aliases)
-
     def _drop_aliases(self, session_id: str, keep: str | None = None) -> None:
         with self._lock:
             for session_hash in [h for h, sid in self._aliases.items() if sid == session_id and h != keep]:
@@ -507,12 +503,6 @@ class SessionManager:
         """Add (or replace) a text file in this session's context."""
         session.files[name] = content
         self._persist(session, "save_file", session.id, name, content, meta=session.meta())
-
-    def remove_file(self, session: Session, name: str) -> bool:
-        if session.files.pop(name, None) is None:
-            return False
-        self._persist(session, "delete_file", session.id, name)
-        return True
 
     def upload_dir(self, session: Session) -> Path:
         """This session's own upload folder (0700), created on first use and removed when the session ends."""

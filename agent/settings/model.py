@@ -217,6 +217,25 @@ class AdminSettings(_Group):
         return value
 
 
+BUILTIN_TOOLS = ("calculator", "current_time", "files")
+
+
+class AgentSettings(_Group):
+    factory: str = _key(
+        "", "Your own agent, as module:attr or path/to/file.py:attr (empty = the built-in tool-calling agent).",
+        allowed="module:attr | path/to/file.py:attr | empty", pattern=r"^$|^[^:\s][^\s]*:[A-Za-z_][A-Za-z0-9_.]*$",
+    )
+    tools: list[Literal[BUILTIN_TOOLS]] = _key(  # type: ignore[valid-type]
+        list(BUILTIN_TOOLS), "Built-in tools the built-in agent may call.",
+    )
+    max_steps: int = _key(8, "Model calls one turn may make (tool rounds + the answer); past it the turn stops "
+                          "with a note.", ge=1, le=100)
+    tool_timeout_s: float = _key(10.0, "Seconds one tool call may run before it fails as an error step.",
+                                 gt=0, le=3600)
+    max_tool_result_chars: int = _key(4000, "Characters of a tool result the model and the UI are given.",
+                                      ge=100, le=1_000_000)
+
+
 class SimSettings(_Group):
     host: str = _key("127.0.0.1", "Interface the simulator binds.")
     port: int = _key(0, "Simulator port (0 = any free port).", ge=0, le=65_535)
@@ -233,6 +252,9 @@ class SimSettings(_Group):
     stall_s: float = _key(30.0, "How long a stalled stream stays silent before closing.", ge=0, le=3600)
     malformed_rate: float = _key(0.0, "Share of streams that carry one malformed chunk.", ge=0, le=1)
     seed: int | None = _key(None, "Random seed for repeatable latencies and faults.")
+    tool_call_rate: float = _key(
+        0.0, "Share of user turns answered with a tool call when the request offers tools.", ge=0, le=1
+    )
 
 
 class Settings(BaseModel):
@@ -253,6 +275,7 @@ class Settings(BaseModel):
         default_factory=RateLimitSettings, description="Per client address and per session, at the HTTP edge."
     )
     llm: LLMSettings = Field(default_factory=LLMSettings, description="LLM provider.")
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent behind the chat.")
     admin: AdminSettings = Field(default_factory=AdminSettings, description="Admin API.")
     sim: SimSettings = Field(default_factory=SimSettings, description="Embedded OpenAI-compatible simulator.")
 

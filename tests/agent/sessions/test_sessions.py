@@ -277,7 +277,7 @@ def test_forged_and_foreign_tokens_open_nothing(manager: SessionManager) -> None
                   "x" * 10_000, f"{cid}..{mac}"):
         assert manager.come_back("attacker", claim) is False, claim
     assert manager.conversation_id("attacker") != session.id
-    assert manager.alias_count() == 0
+    assert manager.counts()["aliases"] == 0
 
 
 def test_a_token_survives_a_restart_on_the_same_store(make: Callable[..., SessionManager], tmp_path: Path) -> None:
@@ -302,11 +302,11 @@ def test_aliases_stay_bounded_and_go_with_their_conversation(make: Callable[...,
     token = manager.token(session)
     for n in range(manager.max_aliases + 50):
         assert manager.come_back(f"tab-{n}", token)
-    assert manager.alias_count() == manager.max_aliases
+    assert manager.counts()["aliases"] == manager.max_aliases
     manager.get_or_create("someone-else")  # frees the conversation from memory: its aliases stay
-    assert manager.alias_count() == manager.max_aliases
+    assert manager.counts()["aliases"] == manager.max_aliases
     assert manager.end(session.id, "killed")
-    assert manager.alias_count() == 0
+    assert manager.counts()["aliases"] == 0
 
 
 def test_model_choice_and_files_persist(manager: SessionManager, store: MemoryStore) -> None:
@@ -314,11 +314,12 @@ def test_model_choice_and_files_persist(manager: SessionManager, store: MemorySt
     manager.set_model(session, "openai", "gpt-4o-mini")
     manager.attach_file(session, "a.txt", "alpha")
     manager.attach_file(session, "b.txt", "beta")
-    assert manager.remove_file(session, "b.txt") is True
-    assert manager.remove_file(session, "b.txt") is False
+    manager.attach_file(session, "b.txt", "beta, replaced")
     manager.writer.flush()
     record = store.load("a")
-    assert (record["provider"], record["model"], record["files"]) == ("openai", "gpt-4o-mini", {"a.txt": "alpha"})
+    assert (record["provider"], record["model"], record["files"]) == (
+        "openai", "gpt-4o-mini", {"a.txt": "alpha", "b.txt": "beta, replaced"},
+    )
 
 
 def test_summary_has_the_sessions_list_fields(manager: SessionManager) -> None:
@@ -442,7 +443,7 @@ def test_retention_deletes_conversations_idle_past_it(
     clock.advance(RETENTION / 2 + 1)
     assert manager.sweep() >= 1
     assert store.load(old.id) is None and store.load("recent") is not None
-    assert manager.alias_count() == 0 and manager.counts()["purged_total"] == 1
+    assert manager.counts()["aliases"] == 0 and manager.counts()["purged_total"] == 1
 
 
 def test_retention_zero_keeps_conversations(make: Callable[..., SessionManager], clock: Clock,
