@@ -25,6 +25,11 @@ def serve(
         str | None,
         typer.Option(help="App processes behind HAProxy, or 'auto' (one per core) [default: server.workers, 1]."),
     ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="Your own agent: module:attr or path/to/file.py:attr [default: agent.factory, "
+                                     "else the built-in tool-calling agent]."),
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Serve the agent app with the queue and concurrency limits of a profile.
@@ -36,6 +41,7 @@ def serve(
         cmw serve --llm http://127.0.0.1:8000/v1 --model qwen2.5
         cmw serve --set events.chat_concurrency_limit=8
         cmw serve --workers 2 --set sessions.store=redis://127.0.0.1:6379/0
+        cmw serve --agent examples/agent.py:agent
     """
     flags: dict[str, Any] = {}
     if host is not None:
@@ -48,7 +54,17 @@ def serve(
         flags["llm.model"] = (model, "--model")
     if workers is not None:
         flags["server.workers"] = (_workers(workers), "--workers")
+    if agent is not None:
+        flags["agent.factory"] = (agent, "--agent")
     loaded = load_or_exit(profile, set_, flags, show_warnings=False)
+    if loaded.settings.agent.factory:  # a bad --agent is exit 2 now, before the web stack is imported
+        from agent.agents.custom import load
+        from agent.settings import ConfigError
+
+        try:
+            load(loaded.settings.agent.factory)
+        except ConfigError as exc:
+            fail(str(exc))
 
     from agent.runtime import run as run_server
 

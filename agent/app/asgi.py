@@ -81,6 +81,10 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     with contextlib.suppress(LLMError):
         providers.chat_model(settings.llm.provider)  # import langchain/openai now, not in the first chat
     ctx = AppContext(loaded=loaded, sessions=sessions, providers=providers, browser_secret=browser_secret(state_dir))
+    if settings.agent.factory:
+        from agent.agents.custom import load
+
+        ctx.custom_agent = load(settings.agent.factory)  # a bad spec: ConfigError, exit 2 before serving
     demo = build_app(ctx)
 
     @contextlib.asynccontextmanager

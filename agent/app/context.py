@@ -34,6 +34,7 @@ class AppContext:
     in_flight: int = 0
     draining: bool = False  # set on SIGINT/SIGTERM: new chats are refused, running ones finish
     browser_secret: str | None = None  # Gradio's BrowserState wants one; public (in /config), so it guards nothing
+    custom_agent: Any = None  # what agent.factory names (loaded at start-up), else the built-in agent serves
     metrics: AppMetrics = field(init=False, repr=False)  # this app's own Prometheus registry
     pacer: UpdatePacer = field(init=False, repr=False)  # shares the UI update budget among streaming replies
 
@@ -53,6 +54,22 @@ class AppContext:
     def session(self, request: Any) -> Session:
         """The request's session; may read the store, so handlers that call it run in a thread."""
         return self.sessions.get_or_create(self.session_id(request))
+
+    def agent_for(self, session: Session) -> Any:
+        """The session's own agent, made on its first turn: its tools see this session's files only."""
+        if session.agent is None:
+            if self.custom_agent is not None:
+                from types import MappingProxyType
+
+                from agent.agents.custom import AgentSession, CustomAgent
+
+                view = AgentSession(session.id, MappingProxyType(session.files))
+                session.agent = CustomAgent(self.custom_agent, view, self.providers.session_model)
+            else:
+                from agent.agents.builtin import ToolAgent
+
+                session.agent = ToolAgent(self.providers, self.settings, lambda: session.files)
+        return session.agent
 
     async def session_async(self, request: Any) -> Session:
         """The request's session from the event loop: a store read, when needed, happens in a thread."""

@@ -62,10 +62,12 @@ class Endpoint:
 
 @dataclass
 class Delta:
-    """What one streamed chunk added: text, and the completion token count once the stream reports it."""
+    """What one streamed chunk added: text, pieces of tool calls (LangChain ``ToolCallChunk`` dicts, joined by
+    LangChain's ``AIMessageChunk`` addition), and the completion token count once the stream reports it."""
 
     text: str = ""
     completion_tokens: int | None = None
+    tool_call_chunks: list[dict[str, Any]] | None = None
 
 
 class Providers:
@@ -156,19 +158,59 @@ class Providers:
             )
         return self._clients[provider]
 
-    async def stream(self, provider: str, model: str, messages: list[dict[str, str]]) -> AsyncIterator[Delta]:
+    def session_model(self, provider: str, model: str) -> Any:
+        """A ``ChatOpenAI`` for one session's choice (an operator's agent calls it itself)."""
+        if not self.allows(provider, model):
+            raise LLMError("config", f"Model '{model[:80]}' of provider '{provider}' is not offered.")
+        self.endpoint(provider, model)
+        return self.chat_model(provider).model_copy(update={"model_name": model})
+
+    async def stream(
+        self, provider: str, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[Delta]:
         """Stream a reply through the configured path; raise :class:`LLMError` on any provider failure.
 
-        ``messages`` is the system message then the conversation, newest last; the oldest turns are
-        left out to fit ``llm.max_context_chars``.
+        ``messages`` is the system message then the conversation in OpenAI's format, newest last; the
+        oldest turns are left out to fit ``llm.max_context_chars``. ``tools`` are OpenAI tool schemas the
+        model may call (what ``ChatOpenAI.bind_tools`` sends).
         """
         if not self.allows(provider, model):
             raise LLMError("config", f"Model '{model[:80]}' of provider '{provider}' is not offered.")
         endpoint = self.endpoint(provider, model)
         chat_model = self.chat_model(provider)
         fitted = fit_to_budget(messages, self.settings.llm.max_context_chars)
-        async for delta in self._read(endpoint, chat_model, fitted):
+        if self.settings.llm.reader == "astream":
+            reader = self._astream(endpoint, chat_model, fitted, tools)
+        else:
+            reader = self._read(endpoint, chat_model, fitted, tools)
+        async for delta in reader:
             yield delta
+
+    async def _astream(
+        self, endpoint: Endpoint, chat_model: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> AsyncIterator[Delta]:
+        """LangChain's own path: ``ChatOpenAI.bind_tools(...).astream``; slower per chunk, same messages."""
+        import openai
+
+        bound = chat_model.bind_tools(tools) if tools else chat_model
+        try:
+            async for chunk in bound.astream(messages, model=endpoint.model):
+                usage = getattr(chunk, "usage_metadata", None) or {}
+                text = chunk.content if isinstance(chunk.content, str) else ""
+                pieces = [dict(c) for c in chunk.tool_call_chunks] or None
+                if text or pieces or usage:
+                    yield Delta(text, usage.get("output_tokens") if usage else None, pieces)
+        except openai.APITimeoutError:
+            raise LLMError("timeout", f"{endpoint.provider} did not answer within {self.settings.llm.timeout_s:g} s "
+                                      "(llm.timeout_s).") from None
+        except openai.APIStatusError as exc:
+            raise self._status_error(endpoint.provider, exc.status_code, self.redact(_short(exc))) from None
+        except openai.APIConnectionError as exc:
+            raise LLMError("disconnect", f"Connection to {endpoint.provider} failed or broke mid-reply "
+                                         f"({self.redact(_short(exc))}).") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LLMError("malformed", f"{endpoint.provider} sent a malformed reply ({self.redact(_short(exc))}).") \
+                from None
 
     def _max_tokens(self, provider: str) -> dict[str, int]:
         """``llm.max_tokens`` under the name each API reads: OpenAI's current one, else the classic one."""
@@ -178,7 +220,9 @@ class Providers:
         known = PROVIDERS.get(provider)
         return {known.max_tokens_field if known else "max_tokens": cap}
 
-    async def _read(self, endpoint: Endpoint, chat_model: Any, messages: list[dict[str, str]]) -> AsyncIterator[Delta]:
+    async def _read(
+        self, endpoint: Endpoint, chat_model: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> AsyncIterator[Delta]:
         """SSE decoded by :mod:`agent.app.sse` on the HTTP client of ChatOpenAI's openai client: same URL, key, timeout.
 
         Per chunk this costs a fraction of the openai SDK's model objects (bench/llm_client.py), which
@@ -196,7 +240,8 @@ class Providers:
         url = f"{str(client.base_url).rstrip('/')}/chat/completions"
         headers = {"Authorization": f"Bearer {client.api_key}", "Accept": "text/event-stream"}
         body = orjson.dumps({"model": endpoint.model, "messages": messages, "stream": True,
-                             "stream_options": {"include_usage": True}, **self._max_tokens(provider)})
+                             "stream_options": {"include_usage": True}, **self._max_tokens(provider),
+                             **({"tools": tools} if tools else {})})
         timeout = self.settings.llm.timeout_s
         attempts = self.settings.llm.max_retries + 1
         finished = False
@@ -255,12 +300,15 @@ class Providers:
         choices = chunk.get("choices") or []
         if choices and isinstance(choices[0], dict):
             choice = choices[0]
-            delta.text = (choice.get("delta") or {}).get("content") or ""
+            sent = choice.get("delta") or {}
+            delta.text = sent.get("content") or ""
+            if sent.get("tool_calls"):
+                delta.tool_call_chunks = _tool_call_chunks(provider, sent["tool_calls"])
             finished = choice.get("finish_reason") is not None
         usage = chunk.get("usage")
         if isinstance(usage, dict) and "completion_tokens" in usage:
             delta.completion_tokens = int(usage["completion_tokens"])
-        if delta.text or delta.completion_tokens is not None:
+        if delta.text or delta.completion_tokens is not None or delta.tool_call_chunks:
             return delta, finished
         return None, finished
 
@@ -289,7 +337,31 @@ class Providers:
         return LLMError("http_error", f"{provider} reported an error mid-reply; details are in the server log.")
 
 
-def fit_to_budget(messages: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
+def _tool_call_chunks(provider: str, calls: Any) -> list[dict[str, Any]]:
+    """OpenAI ``tool_calls`` deltas as LangChain ``ToolCallChunk`` dicts (LangChain joins them by ``index``)."""
+    if not isinstance(calls, list):
+        raise LLMError("malformed", f"{provider} sent malformed tool calls (not a list).")
+    out = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) and function is not None:
+            raise LLMError("malformed", f"{provider} sent a malformed tool call.")
+        function = function or {}
+        out.append({"type": "tool_call_chunk", "index": call.get("index"), "id": call.get("id"),
+                    "name": function.get("name"), "args": function.get("arguments")})
+    return out
+
+
+def _size(message: dict[str, Any]) -> int:
+    """Characters a message adds to a request: its text and its tool calls' names and arguments."""
+    size = len(message.get("content") or "")
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        size += len(function.get("name") or "") + len(function.get("arguments") or "")
+    return size
+
+
+def fit_to_budget(messages: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]:
     """The system message and as many of the newest turns as fit ``max_chars`` characters.
 
     The newest message (the user's) is always sent whole. The oldest turns are left out first; when
@@ -298,7 +370,9 @@ def fit_to_budget(messages: list[dict[str, str]], max_chars: int) -> list[dict[s
     than :data:`SYSTEM_FLOOR` characters for the system message fails the turn (``too_large``).
     """
     system, *turns = messages
-    newest = len(turns[-1]["content"]) if turns else 0
+    # The turn in flight (the user's message and the tool calls and results since) is sent whole.
+    current = max((i for i, m in enumerate(turns) if m.get("role") == "user"), default=max(len(turns) - 1, 0))
+    newest = sum(_size(m) for m in turns[current:])
     room = max_chars - newest
     length = len(system["content"])
     if length > room:
@@ -309,14 +383,14 @@ def fit_to_budget(messages: list[dict[str, str]], max_chars: int) -> list[dict[s
                 "is sent to the model (llm.max_context_chars). Send a shorter message.",
             )
         content = system["content"][: room - len(_FILES_CUT)] + _FILES_CUT
-        return [{**system, "content": content}, *turns[-1:]]
+        return [{**system, "content": content}, *turns[current:]]
     used = length + newest
-    start = len(turns) - 1
-    while start > 0 and used + len(turns[start - 1]["content"]) <= max_chars:
+    start = current
+    while start > 0 and used + _size(turns[start - 1]) <= max_chars:
         start -= 1
-        used += len(turns[start]["content"])
-    if start > 0:  # something was left out: a reply whose question went would open the conversation
-        while start < len(turns) - 1 and turns[start]["role"] != "user":
+        used += _size(turns[start])
+    if start > 0:  # something was left out: a reply (or a tool call's result) whose question went would open it
+        while start < current and turns[start]["role"] != "user":
             start += 1
     return [system, *turns[max(start, 0):]]
 

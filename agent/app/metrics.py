@@ -53,6 +53,10 @@ class AppMetrics:
             "cmw_requests_refused", "Requests refused at the HTTP edge, by reason (body_too_large, rate_new_sessions, "
             "rate_messages, rate_session_messages, unknown_event, missing_inputs).", ["reason"], registry=self.registry,
         )
+        self.tool_calls = Counter(
+            "cmw_tool_calls", "Tool calls of the agent, by tool and outcome (done, error).", ["tool", "outcome"],
+            registry=self.registry,
+        )
         for provider in ctx.providers.offered:  # series exist from the start, so rate() sees the first turn
             self.turns_started.labels(provider)
             self.turns_completed.labels(provider)
@@ -64,6 +68,10 @@ class AppMetrics:
     def turn_started(self, provider: str) -> None:
         self.turns_started.labels(provider).inc()
         self.tally["started"] += 1
+
+    def tool_call(self, tool: str, outcome: str) -> None:
+        """``tool`` is a configured tool's name or ``unknown``: a model's invented names never become labels."""
+        self.tool_calls.labels(tool, outcome).inc()
 
     def request_refused(self, reason: str) -> None:
         self.refused.labels(reason).inc()

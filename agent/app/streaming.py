@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from agent.agents.steps import Step
 from agent.app.llm import LLMError
 
 
@@ -33,7 +34,11 @@ class UpdatePacer:
 
 
 class ReplyStream:
-    """Reads an LLM delta stream in a task; ``updates()`` yields the reply text at the paced rate.
+    """Reads an agent's event stream in a task; ``updates()`` yields the reply text at the paced rate.
+
+    Events are :class:`~agent.app.llm.Delta` (text, token count) and tool steps
+    (:class:`~agent.agents.steps.Step`, kept in ``steps`` by id in the order they started); a step's start
+    and end wake the consumer like text does.
 
     The reply is bounded: past ``max_chars`` characters or ``deadline_s`` seconds the stream is closed
     and the reply ends in a ``too_large`` or ``timeout`` :class:`~agent.app.llm.LLMError`, its text so far kept.
@@ -60,6 +65,7 @@ class ReplyStream:
         self.started = time.monotonic()
         self.ttft: float | None = None
         self.tokens = 0
+        self.steps: dict[str, Step] = {}
         self._pump_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -85,6 +91,10 @@ class ReplyStream:
         try:
             async with deadline:
                 async for delta in self._deltas:
+                    if isinstance(delta, Step):
+                        self.steps[delta.id] = delta
+                        self._wake.set()
+                        continue
                     if delta.text:
                         if self.ttft is None:
                             self.ttft = time.monotonic() - self.started

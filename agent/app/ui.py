@@ -16,6 +16,8 @@ from typing import Any
 import gradio as gr
 
 from agent import __version__
+from agent.agents.steps import shown as shown_step
+from agent.agents.steps import to_langchain
 from agent.app.context import AppContext
 from agent.app.gradio_compat import cap_session_states
 from agent.app.llm import LLMError
@@ -29,18 +31,21 @@ log = logging.getLogger("cmw.app")
 
 MAX_MESSAGE_CHARS = 20_000
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's latest message."
+FILE_TOOLS_NOTE = "Use the file tools (list_files, search_files, read_file) to read them."
 
 
 
 
-def _llm_messages(session: Session) -> list[dict[str, str]]:
+def _llm_messages(session: Session, file_tools: bool) -> list[Any]:
+    """The conversation as LangChain messages; attached files are named (read through the file tools) or,
+    without those tools, sent whole in the system message."""
     system = SYSTEM_PROMPT
-    if session.files:
+    if session.files and file_tools:
+        system += f"\n\nFiles the user attached: {', '.join(session.files)}. {FILE_TOOLS_NOTE}"
+    elif session.files:
         attached = "\n\n".join(f"--- {name} ---\n{text}" for name, text in session.files.items())
         system += f"\n\nFiles the user attached:\n{attached}"
-    messages = [{"role": "system", "content": system}]
-    messages += [{"role": m["role"], "content": str(m["content"])} for m in session.history]
-    return messages
+    return to_langchain(session.history, system)
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
@@ -61,11 +66,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             _use_offered_model(ctx, session)
             ctx.sessions.start_turn(session, text)
             ctx.metrics.turn_started(session.provider)
-            messages = _llm_messages(session)
+            messages = _llm_messages(session, "files" in ctx.settings.agent.tools)
             session.log.append((time.time(), f"chat: turn {session.turns + 1} started ({session.provider})"))
             llm = ctx.settings.llm
+            agent = ctx.agent_for(session)
             stream = ReplyStream(
-                ctx.providers.stream(session.provider, session.model, messages), ctx.pacer,
+                agent.run(session.provider, session.model, messages), ctx.pacer,
                 max_chars=llm.max_reply_chars, deadline_s=llm.reply_deadline_s,
             )
             stream.start()  # the LLM request goes out while the UI shows the user's message
@@ -74,7 +80,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             try:
                 yield shown(session.history), ""
                 async for reply in stream.updates():
-                    yield shown([*session.history, {"role": "assistant", "content": reply}]), ""
+                    yield shown([*session.history, *_steps(stream), {"role": "assistant", "content": reply}]), ""
                 reply = stream.text
             except LLMError as exc:
                 error = exc.kind
@@ -99,7 +105,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         update's postprocessing to a worker thread and back (two thread hops per update, GIL
         ping-pong under load) for the same result.
         """
-        return chatbot.postprocess(messages).model_dump()
+        return chatbot.postprocess([shown_step(m) for m in messages]).model_dump()
 
     def attach(files: list[str] | None, request: gr.Request) -> str:
         session = ctx.session(request)
@@ -153,7 +159,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         ctx.sessions.come_back(request.session_hash or "", token)
         session = ctx.session(request)
         _use_offered_model(ctx, session)
-        return (list(session.history), session.provider, session.model, ctx.sessions.token(session),
+        return ([shown_step(m) for m in session.history], session.provider, session.model, ctx.sessions.token(session),
                 _files_markdown(session, []))
 
     def unload(request: gr.Request) -> None:
@@ -222,9 +228,19 @@ def _use_offered_model(ctx: AppContext, session: Session) -> None:
         ctx.sessions.set_model(session, provider, model)
 
 
+def _steps(stream: ReplyStream) -> list[dict[str, Any]]:
+    return [step.message() for step in stream.steps.values()]
+
+
 def _finish(ctx: AppContext, session: Session, reply: str, stream: ReplyStream, error: str | None) -> None:
     latency, ttft, tokens = time.monotonic() - stream.started, stream.ttft, stream.tokens
-    ctx.sessions.finish_turn(session, reply, tokens=tokens, latency=latency, ttft=ttft, error=error)
+    for step in stream.steps.values():
+        if not step.final:  # the turn ended under it (Stop, a deadline): the history says so
+            step.end("error", "Error: stopped before it finished.")
+        ctx.metrics.tool_call(step.name if step.name in ctx.agent_for(session).tools else "unknown", step.status)
+        session.log.append((time.time(), f"step: {step.name[:40]} {step.status} in {step.duration_s or 0:.2f} s"))
+    ctx.sessions.finish_turn(session, reply, tokens=tokens, latency=latency, ttft=ttft, error=error,
+                             steps=_steps(stream))
     ctx.metrics.turn_finished(session.provider, latency, ttft, error)
     if error is None:
         ctx.latencies.append(latency)

@@ -443,8 +443,10 @@ class SessionManager:
         latency: float | None = None,
         ttft: float | None = None,
         error: str | None = None,
+        steps: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Append the assistant message, count the turn and persist it; returns the assistant message.
+        """Append the turn's tool steps and the assistant message, count the turn and persist it; returns the
+        assistant message.
 
         ``reply`` is shown as given: on failure the caller puts the clear message in it (e.g. the partial
         reply then ``⚠️ …``). ``error`` is the failure class (``timeout``, ``stopped``…): it marks the
@@ -454,6 +456,7 @@ class SessionManager:
             raise RuntimeError(f"session {session.id[:8]}… has no turn in flight; call start_turn first")
         content = reply if reply or error is None else f"⚠️ The reply failed ({error})."
         assistant = {"role": "assistant", "content": content}
+        session.history.extend(steps or ())
         session.history.append(assistant)
         session.pending = None
         session.turns += 1
@@ -465,7 +468,7 @@ class SessionManager:
         if error is not None:
             session.errors += 1
         self.touch(session)
-        self._persist(session, "append_messages", session.id, [assistant], meta=session.meta())
+        self._persist(session, "append_messages", session.id, [*(steps or ()), assistant], meta=session.meta())
         return assistant
 
     def record_turn(

@@ -73,6 +73,7 @@ class Session:
     token_nonce: str = field(default_factory=_nonce, repr=False)  # part of the restore token; rotated by Clear
     stored: bool = False  # whether the store holds a record of it
     clock: Callable[[], float] = field(default=time.time, repr=False)
+    agent: Any = field(default=None, repr=False)  # this conversation's own agent, made on its first turn
 
     @property
     def state(self) -> Literal["running", "idle"]:

@@ -186,6 +186,10 @@ class LLMSettings(_Group):
                                 ge=100, le=10_000_000)
     reply_deadline_s: float = _key(300.0, "Seconds a whole reply may take, retries included; it stops with a note "
                                    "there.", gt=0, le=86_400)
+    reader: Literal["sse", "astream"] = _key(
+        "sse", "How replies are read: sse (cmw's lean SSE reader on ChatOpenAI's HTTP client) or astream "
+        "(LangChain's ChatOpenAI.astream); both give the same LangChain messages.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -7,43 +7,18 @@ against a real server in test_app.py.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 
 from agent.fingerprints import fingerprint, parse_reply_header
 from agent.settings import SimSettings, load_settings
 from agent.simulator import Simulator, running_simulator
+from tests.asgi import InProcess, in_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@dataclass
-class InProcess:
-    http: httpx.AsyncClient
-    fn_index: dict[str, int]  # api name → event id, from /config
-
-    async def call(self, api_name: str, data: list[Any], session_hash: str) -> list[Any]:
-        """Join the queue as ``session_hash`` and read the event's final outputs from the data stream."""
-        body = {"data": data, "fn_index": self.fn_index[api_name], "session_hash": session_hash,
-                "event_data": None, "trigger_id": None}
-        joined = await self.http.post("/gradio_api/queue/join", json=body)
-        assert joined.status_code == 200, joined.text
-        # The stream ends once the session has nothing pending (close_stream): ASGITransport reads it whole.
-        stream = await self.http.get("/gradio_api/queue/data", params={"session_hash": session_hash})
-        for line in stream.text.splitlines():
-            if line.startswith("data:"):
-                message = json.loads(line[5:])
-                if message.get("msg") == "process_completed":
-                    assert message["success"], message
-                    return message["output"]["data"]
-        raise AssertionError(f"no result in {stream.text[-500:]}")
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +29,10 @@ def sim() -> Iterator[Simulator]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def app(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcess]:
-    from agent.app.asgi import create_app
-
-    state_dir: Path = tmp_path_factory.mktemp("handlers")
-    state_dir.chmod(0o700)
     loaded = load_settings("balanced", ["sessions.store=memory", "llm.providers=[\"sim\",\"custom\"]",
                                         "llm.base_url=http://127.0.0.1:9/v1"], environ={}, env_file=None)
-    asgi, _ = create_app(loaded, sim_base_url=sim.base_url, state_dir=state_dir)
-    async with (
-        asgi.router.lifespan_context(asgi),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://cmw.test", timeout=30) as http,
-    ):
-        config = (await http.get("/config")).json()
-        names = {dep["api_name"]: dep["id"] for dep in config["dependencies"] if dep.get("api_name")}
-        yield InProcess(http, names)
+    async with in_process(loaded, tmp_path_factory.mktemp("handlers"), sim.base_url) as running:
+        yield running
 
 
 def text_of(message: dict[str, Any]) -> str:

@@ -87,6 +87,10 @@ def samples(spec: KeySpec) -> list[Any]:
         return [[401], [402], [403], [404], [405]]
     if spec.key == "server.trusted_proxies":
         return [["10.0.0.1"], ["10.0.0.0/8"], ["192.168.1.1", "::1"], ["fd00::/8"], ["172.16.0.9"]]
+    if spec.key == "agent.factory":
+        return [f"pkg.mod{i}:agent" for i in range(4)] + ["path/to/agent.py:make"]
+    if spec.key == "agent.tools":
+        return [["calculator"], ["files"], ["current_time"], ["calculator", "files"], []]
     if spec.key == "admin.token":
         return [f"token-{i}-{'x' * 32}" for i in range(5)]
     arm = arms[0]
