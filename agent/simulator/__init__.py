@@ -3,9 +3,13 @@
 It serves ``POST /v1/chat/completions`` (SSE streaming and not), ``GET /v1/models`` and
 ``GET /health`` on loopback, with a latency model (time to first token, tokens/s, reply length,
 jitter) and fault injection (HTTP errors, cut streams, stalls, malformed chunks) from
-:class:`agent.settings.SimSettings`. Where a request goes:
+:class:`agent.settings.SimSettings`. It speaks OpenAI tool calls: a request offering ``tools`` and
+ending with a user turn is answered with a tool call at ``sim.tool_call_rate`` (or when forced with
+the ``tool_call`` / ``bad_arguments`` faults), and one ending with a tool result with text naming it
+(:func:`reply_opening`, :func:`tool_result_header`). Where a request goes:
 
 - :mod:`~agent.simulator.plan` — what a request will do: validation, reply text, faults, seeded draws;
+- :mod:`~agent.simulator.tools` — tool calls made up from a tool's schema, and tool-result headers;
 - :mod:`~agent.simulator.wire` — the bytes: HTTP heads, OpenAI JSON bodies, SSE events;
 - :mod:`~agent.simulator.protocol` — the connection: parsing, routes, replies paced by timers;
 - :mod:`~agent.simulator.server` — :class:`Simulator` and the one runner, run in the foreground,
@@ -16,14 +20,18 @@ from agent.simulator.plan import (
     DEFAULT_MODEL,
     FAULT_HEADER,
     FAULT_KINDS,
+    TOOL_FAULTS,
     Fault,
     RequestError,
     nominal_reply_s,
     parse_completion_request,
+    parse_faults,
+    reply_opening,
     reply_text,
 )
 from agent.simulator.protocol import SimCounters
 from agent.simulator.server import Simulator, SimulatorProcess, run, running_simulator, serve, simulator_process
+from agent.simulator.tools import ToolCall, ToolSpec, sample_arguments, tool_result_header
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -34,11 +42,18 @@ __all__ = [
     "SimCounters",
     "Simulator",
     "SimulatorProcess",
+    "TOOL_FAULTS",
+    "ToolCall",
+    "ToolSpec",
     "nominal_reply_s",
     "parse_completion_request",
+    "parse_faults",
+    "reply_opening",
     "reply_text",
     "run",
     "running_simulator",
+    "sample_arguments",
     "serve",
     "simulator_process",
+    "tool_result_header",
 ]

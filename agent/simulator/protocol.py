@@ -20,16 +20,7 @@ import httptools
 
 from agent.settings import SimSettings
 from agent.simulator.plan import DEFAULT_MODEL, Dice, Plan, RequestError, fault_token, parse_completion_request
-from agent.simulator.wire import (
-    LAST_CHUNK,
-    MALFORMED_EVENT,
-    StreamFrames,
-    chunk,
-    completion_body,
-    error_body,
-    json_head,
-    model_card,
-)
+from agent.simulator.wire import LAST_CHUNK, chunk, completion_body, error_body, json_head, model_card, stream_frames
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -46,6 +37,8 @@ class SimCounters:
     completed: int = 0
     bad_requests: int = 0
     client_disconnects: int = 0
+    tool_calls: int = 0  # replies that are a tool call (HTTP errors aside)
+    tool_results: int = 0  # text replies to a tool result
     faults: Counter[str] = field(default_factory=Counter)
 
 
@@ -207,12 +200,15 @@ class Connection(asyncio.Protocol):
 
 
 class _Reply:
-    """One chat completion being generated: paced by timer callbacks against absolute deadlines."""
+    """One chat completion being generated: paced by timer callbacks against absolute deadlines.
+
+    A tool call is paced like text: its events (the one naming it, then the argument pieces) are its
+    tokens, so faults strike inside it as they strike inside text.
+    """
 
     def __init__(self, conn: Connection, req: _Request, plan: Plan):
         self.conn = conn
         self.req = req
-        self.plan = plan
         self.state = state = conn.state
         self.loop = conn.loop
         self.handle: asyncio.TimerHandle | None = None
@@ -224,6 +220,7 @@ class _Reply:
         self.fault = state.dice.fault(plan.fault)
         if self.fault is not None:
             counters.faults[self.fault.kind] += 1
+        self.plan = plan = plan.with_tool_call(state.dice.tool_call(plan))
         self.fault_at = fault_token(plan.tokens) if self.fault is not None else -1
         self.sent = 0
         self.next_at = self.loop.time() + state.dice.ttft_s()
@@ -239,6 +236,10 @@ class _Reply:
             self.conn.send_json(self.req, status, body, extra)
             return
         self.conn.reply = self
+        if self.plan.tool_call is not None:
+            counters.tool_calls += 1
+        elif self.plan.tool_result is not None:
+            counters.tool_results += 1
         counters.active_requests += 1
         counters.peak_active_requests = max(counters.peak_active_requests, counters.active_requests)
         if self.plan.stream:
@@ -306,7 +307,7 @@ class _Reply:
     # -- streaming: one SSE event per token
 
     def _start_stream(self) -> None:
-        self.frames = StreamFrames.build(self.plan, self.id, self.created, self.req.keep_alive)
+        self.frames = stream_frames(self.plan, self.id, self.created, self.req.keep_alive)
         self.conn.write(self.frames.head)
         self.handle = self.loop.call_at(self.next_at, self._tick)
 
@@ -321,7 +322,7 @@ class _Reply:
             if i == self.fault_at:
                 kind = self.fault.kind  # type: ignore[union-attr]
                 if kind == "malformed":
-                    out.append(MALFORMED_EVENT)
+                    out.append(self.frames.malformed)
                     self.fault_at = -1
                     continue
                 if out:

@@ -3,6 +3,10 @@
 Pure functions of a :class:`~agent.simulator.plan.Plan`, so the framing is testable without a socket.
 A stream's events are pre-encoded once per reply (:class:`StreamFrames`): sending a token is then
 one concatenation of constant bytes, which is what lets one process feed hundreds of streams.
+
+A tool call streams as OpenAI streams one (:class:`ToolCallFrames`): an event naming the call (id,
+function name, empty arguments), then one event per piece of the arguments string, then the
+``tool_calls`` finish, usage when asked for, and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from agent.fingerprints import reply_header
-from agent.simulator.plan import FILLER, Plan, reply_text
+from agent.simulator.plan import FILLER, Plan, reply_opening, reply_text
 
 # Filler tokens never change, so their JSON string literals are encoded once.
 FILLER_JSON = [json.dumps(" " + word).encode() for word in FILLER]
 MALFORMED_EVENT = b'data: {"id": "chatcmpl-malformed", "choices": [{"delta": {"content": \n\n'
+MALFORMED_TOOL_EVENT = (b'data: {"id": "chatcmpl-malformed", "choices": [{"delta": {"tool_calls": '
+                        b'[{"index": 0, "function": {"arguments": \n\n')
 DONE_EVENT = b"data: [DONE]\n\n"
 LAST_CHUNK = b"0\r\n\r\n"
 _ERROR_TYPES = {
@@ -66,13 +71,17 @@ def model_card(model_id: str) -> dict[str, Any]:
 
 
 def completion_body(plan: Plan, reply_id: str, created: int) -> bytes:
-    """The whole ``chat.completion`` object of a non-streaming reply."""
+    """The whole ``chat.completion`` object of a non-streaming reply: text, or the tool call."""
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None, "annotations": []}
+    if plan.tool_call is not None:
+        message["tool_calls"] = [plan.tool_call.openai()]
+    else:
+        message["content"] = reply_text(plan.user_texts, plan.tokens, plan.tool_result)
     return json.dumps({
         "id": reply_id, "object": "chat.completion", "created": created, "model": plan.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": reply_text(plan.user_texts, plan.tokens),
-                        "refusal": None, "annotations": []},
+            "message": message,
             "logprobs": None, "finish_reason": plan.finish_reason,
         }],
         "usage": plan.usage(), "system_fingerprint": None,
@@ -80,25 +89,21 @@ def completion_body(plan: Plan, reply_id: str, created: int) -> bytes:
 
 
 @dataclass(frozen=True)
-class StreamFrames:
-    """A streamed reply's bytes: the head, one SSE event per token, and the tail (finish, usage, [DONE])."""
+class _Framing:
+    """What every event of one stream shares: the head, and each event's bytes around its delta."""
 
     head: bytes
-    first: bytes
-    prefix: bytes
-    suffix: bytes
+    prefix: bytes  # up to the delta's contents
+    suffix: bytes  # after them
     tail: bytes
 
     @classmethod
-    def build(cls, plan: Plan, reply_id: str, created: int, keep_alive: bool) -> StreamFrames:
-        """Encode everything but the token text once; the fingerprint header is token 0."""
+    def build(cls, plan: Plan, reply_id: str, created: int, keep_alive: bool) -> _Framing:
         model = json.dumps(plan.model)
         base = f'{{"id":"{reply_id}","object":"chat.completion.chunk","created":{created},"model":{model},' \
                f'"system_fingerprint":null,"choices":['
         usage_null = ',"usage":null' if plan.include_usage else ""
         suffix = (f'}},"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n').encode()
-        header = json.dumps(reply_header(plan.user_texts)).encode()
-        first = (f'data: {base}{{"index":0,"delta":{{"role":"assistant","content":').encode() + header + suffix
         tail = f'data: {base}{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{plan.finish_reason}"}}]' \
                f'{usage_null}}}\n\n'
         if plan.include_usage:
@@ -106,14 +111,69 @@ class StreamFrames:
         head = response_head(200, [("content-type", "text/event-stream; charset=utf-8"),
                                    ("cache-control", "no-cache"), ("transfer-encoding", "chunked"),
                                    ("x-request-id", reply_id)], keep_alive)
+        return cls(head, f'data: {base}{{"index":0,"delta":{{'.encode(), suffix, tail.encode() + DONE_EVENT)
+
+
+@dataclass(frozen=True)
+class StreamFrames:
+    """A streamed text reply's bytes: the head, one SSE event per token, and the tail (finish, usage, [DONE])."""
+
+    head: bytes
+    first: bytes
+    prefix: bytes
+    suffix: bytes
+    tail: bytes
+    malformed = MALFORMED_EVENT
+
+    @classmethod
+    def build(cls, plan: Plan, reply_id: str, created: int, keep_alive: bool) -> StreamFrames:
+        """Encode everything but the token text once; the fingerprint header is token 0."""
+        f = _Framing.build(plan, reply_id, created, keep_alive)
+        header = json.dumps(reply_opening(plan.user_texts, plan.tool_result)).encode()
         return cls(
-            head=head,
-            first=first,
-            prefix=(f'data: {base}{{"index":0,"delta":{{"content":').encode(),
-            suffix=suffix,
-            tail=tail.encode() + DONE_EVENT,
+            head=f.head,
+            first=f.prefix + b'"role":"assistant","content":' + header + f.suffix,
+            prefix=f.prefix + b'"content":',
+            suffix=f.suffix,
+            tail=f.tail,
         )
 
     def token(self, i: int) -> bytes:
         """The SSE event of token ``i`` (0 is the fingerprint header, then filler words)."""
         return self.first if i == 0 else self.prefix + FILLER_JSON[(i - 1) % len(FILLER_JSON)] + self.suffix
+
+
+@dataclass(frozen=True)
+class ToolCallFrames:
+    """A streamed tool call's bytes: event 0 names the call, each later one carries a piece of its arguments."""
+
+    head: bytes
+    events: tuple[bytes, ...]
+    tail: bytes
+    malformed = MALFORMED_TOOL_EVENT
+
+    @classmethod
+    def build(cls, plan: Plan, reply_id: str, created: int, keep_alive: bool) -> ToolCallFrames:
+        """Encode every event at once: a tool call is a few dozen of them."""
+        call = plan.tool_call
+        assert call is not None
+        f = _Framing.build(plan, reply_id, created, keep_alive)
+        opening = {"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        first = f.prefix + b'"role":"assistant","content":null,"tool_calls":' + _compact([opening]) + f.suffix
+        pieces = [f.prefix + b'"tool_calls":' + _compact([{"index": 0, "function": {"arguments": piece}}]) + f.suffix
+                  for piece in call.pieces]
+        return cls(head=f.head, events=(first, *pieces), tail=f.tail)
+
+    def token(self, i: int) -> bytes:
+        """The SSE event of token ``i``."""
+        return self.events[i]
+
+
+def stream_frames(plan: Plan, reply_id: str, created: int, keep_alive: bool) -> StreamFrames | ToolCallFrames:
+    """The frames of a streamed reply: a tool call's when the plan makes one, else text's."""
+    kind = ToolCallFrames if plan.tool_call is not None else StreamFrames
+    return kind.build(plan, reply_id, created, keep_alive)
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
