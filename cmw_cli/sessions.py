@@ -63,6 +63,14 @@ def show(session_id: SessionId, url: UrlOption = None, token: TokenOption = None
                       highlight=False)
     for message in detail.get("history", []):
         role = message.get("role", "?")
+        tool = message.get("tool")
+        if isinstance(tool, dict):  # a tool step: name, arguments, outcome and its (bounded) result
+            took = (message.get("metadata") or {}).get("duration")
+            header = f"{tool.get('name')}({json.dumps(tool.get('args'), ensure_ascii=False)}) {tool.get('status')}"
+            header += f" in {took:.2f} s" if isinstance(took, int | float) else ""
+            console.print(f"[bold yellow]step:[/] {escape(header)}: {escape(_text(message.get('content')))}",
+                          highlight=False)
+            continue
         style = "cyan" if role == "user" else "green"
         console.print(f"[bold {style}]{role}:[/] {escape(_text(message.get('content')))}", highlight=False)
     if not detail.get("history"):

@@ -23,6 +23,7 @@ class InProcess:
     http: httpx.AsyncClient
     ctx: Any  # the app's AppContext
     fn_index: dict[str, int]  # api name → event id, from /config
+    state_dir: Path
 
     async def outcome(self, api_name: str, data: list[Any], session_hash: str) -> dict[str, Any]:
         """Join the queue as ``session_hash``; the event's ``process_completed`` message."""
@@ -58,4 +59,4 @@ async def in_process(loaded: LoadedSettings, state_dir: Path, sim_base_url: str 
     ):
         config = (await http.get("/config")).json()
         names = {dep["api_name"]: dep["id"] for dep in config["dependencies"] if dep.get("api_name")}
-        yield InProcess(http, ctx, names)
+        yield InProcess(http, ctx, names, state_dir)

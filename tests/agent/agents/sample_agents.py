@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,3 +54,17 @@ async def broken(messages: list[Any], session: Any) -> AsyncIterator[str]:
     """An agent that fails mid-reply: the turn shows an error, the session chats on."""
     yield "half a reply"
     raise RuntimeError("the operator's bug")
+
+
+STEP_STARTED = asyncio.Event()  # set once `hanging` shows its step: the test presses Stop then
+
+
+async def hanging(messages: list[Any], session: Any) -> AsyncIterator[str | Step]:
+    """On "hang", a step that never ends (until Stop); otherwise a plain answer."""
+    if str(messages[-1].content) != "hang":
+        yield "fine"
+        return
+    yield "working on it"
+    yield Step("slow-1", "slow_tool", {"seconds": 3600})
+    STEP_STARTED.set()
+    await asyncio.Event().wait()

@@ -193,3 +193,47 @@ def _sample(text: str, name: str, **labels: str) -> float:
             if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
                 return found.value
     return 0.0
+
+
+@IN_LOOP
+async def test_stop_cancels_a_running_tool_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings("balanced", [], environ={}, env_file=None).settings
+    agent = ToolAgent(Scripted([{"name": "current_time", "args": "{}"}]), settings, dict)
+    running, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow(*_: Any, **__: Any) -> str:
+        running.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    monkeypatch.setattr(agent.tools["current_time"], "coroutine", slow)
+
+    async def consume() -> None:
+        async for _ in agent.run("sim", "cmw-sim", []):
+            pass
+
+    turn_task = asyncio.create_task(consume())  # as the reply stream's pump runs it
+    await asyncio.wait_for(running.wait(), 10)
+    turn_task.cancel()  # Stop
+    with pytest.raises(asyncio.CancelledError):
+        await turn_task
+    await asyncio.wait_for(cancelled.wait(), 10)
+
+
+@IN_LOOP
+async def test_steps_show_in_the_admin_api(calculator: InProcess) -> None:
+    from agent.app.admin import token_path
+
+    await calculator.call("chat", ["9-3"], "audited")
+    token = token_path(calculator.state_dir).read_text().strip()
+    detail = (await calculator.http.get("/admin/api/sessions/audited",
+                                        headers={"Authorization": f"Bearer {token}"})).json()
+    steps = [m for m in detail["history"] if m.get("tool")]
+    assert [(s["tool"]["name"], s["tool"]["args"], s["tool"]["status"], s["content"]) for s in steps] == [
+        ("calculator", {"expression": "9-3"}, "done", "6"),
+    ]
+    assert steps[0]["metadata"]["title"] == "🛠️ calculator"

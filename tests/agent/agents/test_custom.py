@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -120,3 +121,27 @@ def test_cmw_serve_with_a_bad_agent_exits_2_with_one_line(spec: str, tmp_path: P
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in done.stderr
+
+
+@IN_LOOP
+async def test_stop_during_a_running_step_ends_it_and_the_history_keeps_what_happened(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    from tests.agent.agents import sample_agents
+
+    sample_agents.STEP_STARTED.clear()
+    async with await serving("tests.agent.agents.sample_agents:hanging", sim, tmp_path) as app:
+        body = {"data": ["hang"], "fn_index": app.fn_index["chat"], "session_hash": "stopper", "event_data": None,
+                "trigger_id": None}
+        event_id = (await app.http.post("/gradio_api/queue/join", json=body)).json()["event_id"]
+        stream = asyncio.create_task(app.http.get("/gradio_api/queue/data", params={"session_hash": "stopper"}))
+        await asyncio.wait_for(sample_agents.STEP_STARTED.wait(), 30)
+        cancel = {"session_hash": "stopper", "fn_index": app.fn_index["chat"], "event_id": event_id}
+        assert (await app.http.post("/gradio_api/cancel", json=cancel)).status_code == 200
+        await asyncio.wait_for(stream, 30)
+        session = app.ctx.sessions.get(app.ctx.sessions.conversation_id("stopper"))
+        step, reply = session.history[-2], session.history[-1]
+        assert step["tool"]["status"] == "error" and "stopped" in step["content"]
+        assert reply["content"] == "working on it [stopped]"
+        chatbot, _ = await app.call("chat", ["again"], "stopper")  # the session chats on
+    assert text_of(chatbot[-1]) == "fine"
