@@ -24,7 +24,7 @@ import httpx
 
 from agent.loadtest.connection import Connection, Origin
 from agent.loadtest.isolation import check_turn, make_canary
-from agent.loadtest.protocol import Endpoint, TurnResult, discover, run_turn
+from agent.loadtest.protocol import Endpoint, TurnResult, discover, run_turn, steps_of
 from agent.loadtest.results import AdminFigures, GeneratorReport, PrimeReport, TurnRecord
 from agent.loadtest.watch import AdminWatch, Monitor
 from agent.loadtest.workload import Workload
@@ -151,6 +151,7 @@ class Engine:
                 "ttft": None if result.t_first is None else result.t_first - result.t_join,
                 "e2e": None if result.t_end is None else result.t_end - result.t_join,
                 "gaps": tuple(result.gaps()),
+                **_agent_figures(result.history),
                 "violation": tuple(check_turn(canary=user.canary, sent=user.sent, confirmed=user.confirmed,
                                               reply=result.reply, history=result.history)),
             }
@@ -337,3 +338,10 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+def _agent_figures(history: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Tool steps of a turn and the seconds they took (from the steps' durations, as the chat shows them)."""
+    steps = steps_of(history)
+    return {"tool_steps": len(steps),
+            "tool_s": sum(float(s.get("duration") or 0.0) for s in steps)}

@@ -1,6 +1,7 @@
 """Session isolation: every virtual user signs its messages with a canary nobody else uses.
 
-A turn violates isolation when its reply or the conversation the server returned carries another user's canary,
+A turn violates isolation when its reply, the conversation the server returned or an agent's tool steps in it
+(arguments and results) carry another user's canary,
 when that conversation lacks this user's own earlier turns, or when the reply's fingerprints header (see
 :mod:`agent.fingerprints`) names user turns other than exactly this user's messages so far.
 """
@@ -12,7 +13,7 @@ import secrets
 from typing import Any
 
 from agent.fingerprints import fingerprint, parse_reply_header
-from agent.loadtest.protocol import user_texts
+from agent.loadtest.protocol import content_text, is_step, user_texts
 
 CANARY_RE = re.compile(r"\bcw(\d+)-[0-9a-f]{4}\b")
 
@@ -50,6 +51,10 @@ def check_turn(
             reasons.append(f"history carries other sessions' canaries {', '.join(others)}")
         elif strangers:
             reasons.append(f"history holds {len(strangers)} user message(s) this session never sent")
+        steps = [content_text(m.get("content")) + str(m.get("metadata", {}).get("log", "")) for m in history
+                 if is_step(m)]
+        if others := sorted({c for t in steps for c in foreign_canaries(t, canary)}):
+            reasons.append(f"tool steps carry other sessions' canaries {', '.join(others)}")
         expected = [*confirmed, current]
         if not _is_subsequence(expected, texts):
             missing = len([m for m in expected if m not in texts])

@@ -203,10 +203,25 @@ def user_texts(history: list[dict[str, Any]]) -> list[str]:
     return [content_text(m.get("content")) for m in history if m.get("role") == "user"]
 
 
-def reply_of(history: list[dict[str, Any]]) -> str:
-    """The assistant text after the last user message."""
+def is_step(message: dict[str, Any]) -> bool:
+    """An agent's tool step (a Gradio message with a metadata title), not reply text."""
+    metadata = message.get("metadata")
+    return isinstance(metadata, dict) and bool(metadata.get("title"))
+
+
+def _last_turn(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     last_user = max((i for i, m in enumerate(history) if m.get("role") == "user"), default=-1)
-    return "".join(content_text(m.get("content")) for m in history[last_user + 1:] if m.get("role") == "assistant")
+    return [m for m in history[last_user + 1:] if m.get("role") == "assistant"]
+
+
+def reply_of(history: list[dict[str, Any]]) -> str:
+    """The assistant text after the last user message (tool steps are not the reply)."""
+    return "".join(content_text(m.get("content")) for m in _last_turn(history) if not is_step(m))
+
+
+def steps_of(history: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The metadata of the last turn's tool steps."""
+    return [m["metadata"] for m in _last_turn(history or []) if is_step(m)]
 
 
 def read_outputs(endpoint: Endpoint, outputs: list[Any]) -> tuple[str, list[dict[str, Any]] | None]:

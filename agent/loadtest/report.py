@@ -77,6 +77,9 @@ def totals_table(result: RunResult) -> Table:
     else:
         table.add_row("efficiency", "unknown (give --chat-limit and --service-time, or use --spawn)")
     table.add_row("errors", ", ".join(f"{k} {v}" for k, v in summary.errors.items()) + f"  ({summary.error_rate:.1%})")
+    if summary.tool_steps_per_turn:
+        table.add_row("agent", f"{summary.llm_calls_per_turn:.2f} LLM calls and {summary.tool_steps_per_turn:.2f} "
+                               f"tool steps per turn, {summary.tool_s_per_turn * 1000:.1f} ms in tools per turn")
     violations = summary.isolation_violations
     table.add_row("isolation", Text(f"{violations} violating turn(s) in sessions "
                                     f"{', '.join(summary.violating_sessions)}" if violations else "held",

@@ -42,6 +42,8 @@ class TurnRecord:
     t_end: float | None = None
     t_start: float | None = None
     violation: tuple[str, ...] = ()
+    tool_steps: int = 0  # tool calls the agent made in this turn
+    tool_s: float = 0.0  # seconds those steps took (summed; concurrent ones overlap)
 
     @property
     def ok(self) -> bool:
@@ -64,6 +66,8 @@ class TurnRecord:
             "error": self.error,
             "detail": self.detail,
             "violation": list(self.violation),
+            "tool_steps": self.tool_steps,
+            "tool_s": _r(self.tool_s),
         }
 
 
@@ -128,6 +132,11 @@ class Summary:
     isolation_violations: int = 0  # violating turns
     violating_sessions: tuple[str, ...] = ()
     slo: Mapping[str, SloResult] = field(default_factory=dict)  # expression → outcome
+    # Agents: per completed turn, on average. LLM calls are counted as steps + 1, exact when each model call
+    # asks for at most one tool (as the simulator's do); a model asking for several at once makes fewer.
+    tool_steps_per_turn: float = 0.0
+    llm_calls_per_turn: float = 0.0
+    tool_s_per_turn: float = 0.0
 
     def latency(self, metric: str) -> LatencyStats:
         """The statistics of a latency named as in :data:`LATENCIES`."""
@@ -159,6 +168,9 @@ class Summary:
             "isolation_violations": self.isolation_violations,
             "violating_sessions": list(self.violating_sessions),
             "slo": {expr: result.to_dict() for expr, result in self.slo.items()},
+            "tool_steps_per_turn": self.tool_steps_per_turn,
+            "llm_calls_per_turn": self.llm_calls_per_turn,
+            "tool_s_per_turn": self.tool_s_per_turn,
         }
 
 

@@ -53,6 +53,17 @@ def test_smoke_passes_on_a_spawned_cmw_server() -> None:
     assert doc["meta"]["settings"]["events.chat_concurrency_limit"] == 1
 
 
+def test_smoke_passes_with_an_agent_calling_tools_in_half_its_turns() -> None:
+    """Isolation and figures hold through tool-using turns; the report counts the agent's steps."""
+    result = runner.invoke(app, ["smoke", "--json", "--quiet", *FAST_SIM, "--set", "sim.tool_call_rate=0.5",
+                                 "--set", "sim.seed=3", "--users", "4", "--turns", "4"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["isolation_violations"] == 0 and summary["turns_completed"] == 16
+    assert 0 < summary["tool_steps_per_turn"] < 1
+    assert summary["llm_calls_per_turn"] == 1 + summary["tool_steps_per_turn"]
+
+
 def test_compare_orders_profiles_by_their_chat_limits() -> None:
     result = runner.invoke(app, ["loadtest", "--compare", "sequential,high-performance", "--users", "5",
                                  "--turns", "2", "--json", "--quiet", *FAST_SIM])

@@ -280,7 +280,8 @@ def test_a_run_result_gives_designs_json_document() -> None:
     assert list(doc["summary"]) == [
         "queue_wait", "ttft", "itl", "e2e", "turns_completed", "turns_failed", "turns_warmup", "tokens", "window_s",
         "window", "throughput_rps", "throughput_overall_rps", "tokens_per_s", "ideal_rps", "efficiency", "errors",
-        "error_rate", "isolation_violations", "violating_sessions", "slo"]
+        "error_rate", "isolation_violations", "violating_sessions", "slo",
+        "tool_steps_per_turn", "llm_calls_per_turn", "tool_s_per_turn"]
     assert doc["summary"]["slo"] == {"ttft.p95<2s": {"passed": True, "value": 1.0, "limit": 2.0}}
     assert doc["summary"]["errors"] == {"queue_full": 0, "timeout": 1, "app_error": 0, "disconnect": 0}
     assert doc["meta"]["admin"] == {"status": "ok", "samples": 2,
@@ -310,3 +311,26 @@ def test_verdict_and_comparison_read_typed_runs() -> None:
     assert smoke.to_dict()["smoke"] == {"passed": False, "checks": [
         {"check": "GET /admin/api/health", "passed": False, "detail": "HTTP 500"}]}
     assert verdict(smoke) == (1, ["smoke check GET /admin/api/health failed: HTTP 500"])
+
+
+def test_tool_steps_are_not_the_reply_and_count_as_agent_figures() -> None:
+    from agent.loadtest.engine import _agent_figures
+    from agent.loadtest.protocol import reply_of
+
+    history = [
+        {"role": "user", "content": "cw1-abcd what is 6*7"},
+        {"role": "assistant", "content": "42", "metadata": {"title": "🛠️ calculator", "duration": 0.25}},
+        {"role": "assistant", "content": "[turns=1 fp=x] It is 42."},
+    ]
+    assert reply_of(history) == "[turns=1 fp=x] It is 42."
+    assert _agent_figures(history) == {"tool_steps": 1, "tool_s": 0.25}
+
+
+def test_another_sessions_canary_in_a_tool_step_is_a_violation() -> None:
+    history = [
+        {"role": "user", "content": "cw1-abcd read it"},
+        {"role": "assistant", "content": "notes of cw2-ffff", "metadata": {"title": "🛠️ read_file"}},
+        {"role": "assistant", "content": "done"},
+    ]
+    reasons = check_turn(canary="cw1-abcd", sent=["cw1-abcd read it"], confirmed=[], reply="done", history=history)
+    assert reasons == ["tool steps carry other sessions' canaries cw2-ffff"]
