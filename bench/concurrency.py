@@ -11,6 +11,13 @@ The baseline is what people write today: a Gradio chat whose async generator cal
 
     .venv/bin/python bench/concurrency.py                       # full table (several minutes)
     .venv/bin/python bench/concurrency.py --limits 1,16 --skip-baseline
+    .venv/bin/python bench/concurrency.py --agent --limits 16,64  # agent turns with one tool call each
+
+With ``--agent`` the simulator answers every user turn with a tool call (``sim.tool_call_rate=1``) and the
+tool's result with the 50-token answer: two model calls per turn. cmw serves its built-in agent with the
+calculator tool; the baseline (bench/baseline_agent_app.py) runs ``ChatOpenAI.bind_tools(...).astream`` in a
+tool loop and yields every chunk. The nominal turn is both calls: the tool call's argument pieces streamed
+at 50 tokens/s (~0.2 s for the calculator's ~36-character arguments) plus the 1.0 s answer.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from agent.loadtest.spawn import free_port, run_server
 HERE = Path(__file__).resolve().parent
 BASELINE_VENV = HERE / ".venv-baseline"
 BASELINE_APP = HERE / "baseline_app.py"
+BASELINE_AGENT_APP = HERE / "baseline_agent_app.py"
 SIM = ["--ttft-ms", "0", "--tps", "50", "--reply-tokens", "50", "--set", "sim.jitter=0"]
 NOMINAL_S = 1.0
+AGENT_NOMINAL_S = 1.2  # the tool call (~10 pieces at 50/s) + the 1.0 s answer
 
 
 @dataclass
@@ -56,9 +65,11 @@ class Point:
 
 
 @contextlib.contextmanager
-def simulator() -> Iterator[tuple[str, psutil.Process]]:
+def simulator(agent: bool = False) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     cmd = [sys.executable, "-m", "cmw_cli.main", "sim", "--host", "127.0.0.1", "--port", str(port), *SIM]
+    if agent:
+        cmd += ["--set", "sim.tool_call_rate=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -82,7 +93,7 @@ def ensure_baseline_venv() -> Path:
     return python
 
 
-def cmw_command(port: int, sim_url: str, limit: int) -> list[str]:
+def cmw_command(port: int, sim_url: str, limit: int, agent: bool = False) -> list[str]:
     sets = {
         "events.chat_concurrency_limit": limit,
         "queue.default_concurrency_limit": limit,
@@ -93,21 +104,24 @@ def cmw_command(port: int, sim_url: str, limit: int) -> list[str]:
            "--llm", sim_url, "--model", "cmw-sim"]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
+    if agent:
+        cmd += ["--set", 'agent.tools=["calculator"]']
     return cmd
 
 
-def baseline_command(port: int, sim_url: str, limit: int) -> list[str]:
-    return [str(ensure_baseline_venv()), str(BASELINE_APP), "--port", str(port), "--base-url", sim_url,
-            "--limit", str(limit)]
+def baseline_command(port: int, sim_url: str, limit: int, agent: bool = False) -> list[str]:
+    app = BASELINE_AGENT_APP if agent else BASELINE_APP
+    return [str(ensure_baseline_venv()), str(app), "--port", str(port), "--base-url", sim_url, "--limit", str(limit)]
 
 
-def run_point(app: str, command: list[str], port: int, limit: int, turns: int, sim: psutil.Process) -> Point:
+def run_point(app: str, command: list[str], port: int, limit: int, turns: int, sim: psutil.Process,
+              nominal_s: float = NOMINAL_S) -> Point:
     url = f"http://127.0.0.1:{port}"
     env = {"CMW_SERVER__STATE_DIR": str(Path("/tmp") / f"cmw-bench-{port}"), "CMW_SESSIONS__STORE": "memory"}
     with run_server(command, url, env=env, name=app) as server:
         proc = psutil.Process(server.process.pid)
         load = [sys.executable, "-m", "cmw_cli.main", "loadtest", "--url", url, "--users", str(limit),
-                "--turns", str(turns), "--chat-limit", str(limit), "--service-time", str(NOMINAL_S),
+                "--turns", str(turns), "--chat-limit", str(limit), "--service-time", str(nominal_s),
                 "--json", "-q", "--timeout", "60", "--duration", "300"]
         server_cpu0, sim_cpu0, t0 = _cpu(proc), _cpu(sim), time.perf_counter()
         done = subprocess.run(load, capture_output=True, text=True, env={**os.environ, "CMW_ADMIN_TOKEN": ""})
@@ -122,7 +136,7 @@ def run_point(app: str, command: list[str], port: int, limit: int, turns: int, s
     generator = meta.get("generator", {})
     rps = summary["throughput_rps"]
     return Point(
-        app, limit, rps, rps / limit * NOMINAL_S, summary["ttft"]["p50"], summary["ttft"]["p95"], server_cpu,
+        app, limit, rps, rps / limit * nominal_s, summary["ttft"]["p50"], summary["ttft"]["p95"], server_cpu,
         float(generator.get("cpu_share", 0.0)), sim_cpu, sum(summary["errors"].values()),
         summary["isolation_violations"],
         bool(generator.get("inconclusive")),
@@ -148,19 +162,24 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6, help="turns per user at each point")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-cmw", action="store_true")
+    parser.add_argument("--agent", action="store_true", help="agent turns: one tool call each")
     args = parser.parse_args()
+    nominal = AGENT_NOMINAL_S if args.agent else NOMINAL_S
     limits = [int(x) for x in args.limits.split(",")]
     apps = [a for a, skip in (("cmw", args.skip_cmw), ("baseline", args.skip_baseline)) if not skip]
     points: list[Point] = []
-    with simulator() as (sim_url, sim_proc):
+    with simulator(args.agent) as (sim_url, sim_proc):
         for limit in limits:
             for app in apps:
                 port = free_port()
-                command = cmw_command(port, sim_url, limit) if app == "cmw" else baseline_command(port, sim_url, limit)
-                point = run_point(app, command, port, limit, args.turns, sim_proc)
+                make = cmw_command if app == "cmw" else baseline_command
+                point = run_point(app, make(port, sim_url, limit, args.agent), port, limit, args.turns, sim_proc,
+                                  nominal)
                 points.append(point)
                 print(f"  {app:8} C={limit:<4} {point.rps:6.2f} req/s  eff {point.efficiency:5.2f}", file=sys.stderr)
-    print(f"\ncmw {version('gradio')=} {version('langchain-openai')=}; simulator 50 tokens @ 50 tokens/s, TTFT 0")
+    turns = "agent turns: a tool call, then" if args.agent else "chat turns:"
+    print(f"\ncmw {version('gradio')=} {version('langchain-openai')=}; {turns} 50 tokens @ 50 tokens/s, TTFT 0; "
+          f"nominal {nominal:g} s")
     print("| app | C | req/s | efficiency | TTFT p50 ms | TTFT p95 ms | server CPU | generator CPU | simulator CPU "
           "| errors |")
     print("|---|---|---|---|---|---|---|---|---|---|")
