@@ -11,7 +11,7 @@ The baseline is what people write today: a Gradio chat whose async generator cal
 
     .venv/bin/python bench/concurrency.py                       # full table (several minutes)
     .venv/bin/python bench/concurrency.py --limits 1,16 --skip-baseline
-    .venv/bin/python bench/concurrency.py --agent --limits 16,64  # agent turns with one tool call each
+    .venv/bin/python bench/concurrency.py --agent --limits 16,64 --astream  # agent turns, both readers
 
 With ``--agent`` the simulator answers every user turn with a tool call (``sim.tool_call_rate=1``) and the
 tool's result with the 50-token answer: two model calls per turn. cmw serves its built-in agent with the
@@ -163,18 +163,24 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-cmw", action="store_true")
     parser.add_argument("--agent", action="store_true", help="agent turns: one tool call each")
+    parser.add_argument("--astream", action="store_true",
+                        help="also run cmw with llm.reader=astream (LangChain's ChatOpenAI.astream path)")
     args = parser.parse_args()
     nominal = AGENT_NOMINAL_S if args.agent else NOMINAL_S
     limits = [int(x) for x in args.limits.split(",")]
-    apps = [a for a, skip in (("cmw", args.skip_cmw), ("baseline", args.skip_baseline)) if not skip]
+    apps = [a for a, skip in (("cmw", args.skip_cmw), ("cmw-astream", args.skip_cmw or not args.astream),
+                              ("baseline", args.skip_baseline)) if not skip]
     points: list[Point] = []
     with simulator(args.agent) as (sim_url, sim_proc):
         for limit in limits:
             for app in apps:
                 port = free_port()
-                make = cmw_command if app == "cmw" else baseline_command
-                point = run_point(app, make(port, sim_url, limit, args.agent), port, limit, args.turns, sim_proc,
-                                  nominal)
+                if app == "baseline":
+                    command = baseline_command(port, sim_url, limit, args.agent)
+                else:
+                    command = cmw_command(port, sim_url, limit, args.agent)
+                    command += ["--set", "llm.reader=astream"] if app == "cmw-astream" else []
+                point = run_point(app, command, port, limit, args.turns, sim_proc, nominal)
                 points.append(point)
                 print(f"  {app:8} C={limit:<4} {point.rps:6.2f} req/s  eff {point.efficiency:5.2f}", file=sys.stderr)
     turns = "agent turns: a tool call, then" if args.agent else "chat turns:"
