@@ -262,6 +262,29 @@ def test_the_oldest_turns_are_left_out_first_to_fit_the_budget() -> None:
     assert fitted == [system, *history[2:]]
 
 
+def tool_round(call_id: str, result: str) -> list[dict[str, Any]]:
+    call = {"id": call_id, "type": "function", "function": {"name": "calculator", "arguments": '{"expression":"1"}'}}
+    return [{"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call_id, "content": result}]
+
+
+def test_trimming_never_separates_a_tool_call_from_its_result() -> None:
+    system = {"role": "system", "content": "s" * 10}
+    old = [{"role": "user", "content": "u" * 50}, *tool_round("a", "r" * 50), {"role": "assistant", "content": "x"}]
+    new = [{"role": "user", "content": "now"}, *tool_round("b", "r" * 40)]  # the turn in flight, mid-loop
+    messages = [system, *old, *new]
+    for budget in range(0, 400, 7):
+        try:
+            fitted = fit_to_budget(messages, budget)
+        except LLMError:
+            continue
+        kept_ids = {m["tool_call_id"] for m in fitted if m["role"] == "tool"}
+        called = {c["id"] for m in fitted for c in m.get("tool_calls") or []}
+        assert kept_ids == called, budget  # every call kept has its result and every result its call
+        assert fitted[-len(new):] == new  # the turn in flight is sent whole
+        assert fitted[1]["role"] == "user"  # a conversation opens with a user's message
+
+
 def test_files_too_big_for_the_budget_are_cut_and_the_new_message_kept_whole() -> None:
     system = {"role": "system", "content": "instructions. " + "f" * 5_000}
     history = turns(5, 300)
