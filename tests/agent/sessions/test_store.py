@@ -322,10 +322,15 @@ def test_every_committed_turn_survives_kill_9(tmp_path: Path) -> None:
         fresh.close()
     assert loaded is not None
     assert loaded["turns"] >= committed
-    # A turn is one transaction: never a user message without its reply, never counters ahead of messages.
-    assert len(loaded["history"]) == 2 * loaded["turns"]
-    expected = [x for i in range(loaded["turns"]) for x in (user(f"q{i}"), assistant(f"a{i}"))]
-    assert loaded["history"] == expected
+    # Each write is one transaction: the counters never run ahead of the messages. The user's message is
+    # stored when its turn starts, so a kill mid-turn leaves it last, marked pending (read back "[interrupted]").
+    turns = loaded["turns"]
+    expected = [x for i in range(turns) for x in (user(f"q{i}"), assistant(f"a{i}"))]
+    assert loaded["history"][: 2 * turns] == expected
+    if len(loaded["history"]) == 2 * turns + 1:
+        assert loaded["history"][-1] == user(f"q{turns}") and loaded["pending"] is not None
+    else:
+        assert len(loaded["history"]) == 2 * turns
 
 
 def test_open_store_sqlite_lives_in_the_state_dir(tmp_path: Path) -> None:
