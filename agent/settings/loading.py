@@ -20,7 +20,7 @@ from agent.settings.errors import ConfigError, Problem, explain
 from agent.settings.model import Settings
 from agent.settings.profiles import profile_environ, resolve_profile
 from agent.settings.providers import is_base_url
-from agent.settings.registry import REGISTRY, display_value
+from agent.settings.registry import REGISTRY, display_value, is_table
 from agent.settings.sources import (
     Raw,
     assignment_values,
@@ -115,7 +115,12 @@ def load_settings(
 
     merged: dict[str, Raw] = {}
     for layer in layers:
-        merged.update(layer)
+        for key, raw in layer.items():
+            below = merged.get(key)
+            if below is not None and is_table(REGISTRY.get(key)) and isinstance(below.value, dict) \
+                    and isinstance(raw.value, dict):
+                raw = Raw({**below.value, **raw.value}, raw.source, raw.origin)
+            merged[key] = raw
     settings: Settings | None = None
     try:
         settings = Settings(**nest({key: raw.value for key, raw in merged.items()}))

@@ -60,6 +60,10 @@ class ServerSettings(_Group):
         100, "Gradio's cap on jobs running at once, across all events.", "GRADIO_MAX_THREADS", ge=1, le=10_000
     )
     root_path: str = _key("", "URL prefix when served behind a reverse proxy under a sub-path, e.g. /chat.")
+    app: str = _key(
+        "", "The Gradio app to serve: path/to/app.py[:attr] or module:attr (empty = cmw's own agent app).",
+        allowed="path/to/app.py[:attr] | module:attr | empty",
+    )
     state_dir: Path | None = _key(
         None, "Where the session database and admin token live (default: $XDG_STATE_HOME/cmw)."
     )
@@ -90,6 +94,10 @@ class ServerSettings(_Group):
         return [item.strip() for item in value]
 
 
+EventPattern = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_*?\[\]!.-]+$")]
+EventLimit = Annotated[int, Ge(1), Le(10_000)]
+
+
 class EventSettings(_Group):
     chat_concurrency_limit: int = _key(3, "Chat replies generated at once.", "CHAT_CONCURRENCY_LIMIT", ge=1, le=10_000)
     file_upload_concurrency_limit: int = _key(
@@ -105,6 +113,18 @@ class EventSettings(_Group):
     )
     logs_refresh_concurrency_limit: int = _key(
         5, "Logs tab refreshes served at once.", "LOGS_CONCURRENCY_LIMIT", ge=1, le=10_000
+    )
+    limits: dict[EventPattern, EventLimit] = _key(
+        {}, "Concurrency limit per event of the served app by api name or glob (the most specific match wins), "
+        "and per group of events.groups; wins over the *_concurrency_limit keys for the same event.",
+        allowed="table: api name, glob or group → 1–10000",
+    )
+    groups: dict[EventPattern, list[EventPattern]] = _key(
+        {}, "Named sets of api names or globs whose events share one pool of slots (one Gradio concurrency id); "
+        "its size is events.limits.GROUP.", allowed="table: group → [api names or globs]",
+    )
+    override_app_limits: bool = _key(
+        False, "Profile limits win over limits the served app's own code set (false: the app's own win)."
     )
 
 

@@ -120,6 +120,8 @@ def _toml_literal(value: Any) -> str:
 
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
+    if isinstance(value, dict):  # an inline table; keys such as "gen_*" need quotes
+        return "{" + ", ".join(f"{_toml_literal(str(k))} = {_toml_literal(v)}" for k, v in value.items()) + "}"
     if isinstance(value, Path):
         value = str(value)
     return tomli_w.dumps({"v": value})[4:].rstrip("\n")

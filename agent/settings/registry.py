@@ -178,6 +178,11 @@ def is_list(spec: KeySpec) -> bool:
     return any(typing.get_origin(a) is list for a in arms(spec))
 
 
+def is_table(spec: KeySpec | None) -> bool:
+    """Keys whose value is a table of entries (``events.limits``): a higher source adds entries to a lower one's."""
+    return spec is not None and any(typing.get_origin(a) is dict for a in arms(spec))
+
+
 def is_text(spec: KeySpec) -> bool:
     """Keys whose values are free text: `--set llm.model=4o` must not become a number."""
     return all(a in (str, SecretStr, Path) for a in arms(spec))

@@ -25,6 +25,7 @@ from agent.settings.registry import (
     KeySpec,
     is_list,
     is_optional,
+    is_table,
     is_text,
 )
 
@@ -182,6 +183,13 @@ def assignment_values(pairs: list[str], label: str) -> tuple[dict[str, Raw], lis
         key = key.strip()
         if not sep or not key:
             problems.append(Problem(f"{label} {pair!r}: expected KEY=VALUE, e.g. events.chat_concurrency_limit=4"))
+        elif key not in REGISTRY and is_table(REGISTRY.get(key.rpartition(".")[0])):
+            # One entry of a table key: `--set events.limits.chat=4` adds (or replaces) the entry `chat`.
+            table, _, entry = key.rpartition(".")
+            earlier = values.get(table)
+            merged = dict(earlier.value) if earlier is not None and isinstance(earlier.value, dict) else {}
+            merged[entry] = _parse_scalar(text.strip())
+            values[table] = Raw(merged, label, f"{label} {key}")
         elif key not in REGISTRY:
             hint = f"{suggest(key, REGISTRY)}; `cmw config show` lists every key"
             problems.append(Problem(f"{key} (from {label} {key}): unknown key{hint}"))

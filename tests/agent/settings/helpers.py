@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,10 @@ def samples(spec: KeySpec) -> list[Any]:
         return [[401], [402], [403], [404], [405]]
     if spec.key == "server.trusted_proxies":
         return [["10.0.0.1"], ["10.0.0.0/8"], ["192.168.1.1", "::1"], ["fd00::/8"], ["172.16.0.9"]]
+    if spec.key == "events.limits":  # one entry: a higher source's table merges over a lower one's
+        return [{"chat": n} for n in range(1, 6)]
+    if spec.key == "events.groups":
+        return [{"g": [f"e{n}"]} for n in range(1, 6)]
     if spec.key == "agent.factory":
         return [f"pkg.mod{i}:agent" for i in range(4)] + ["path/to/agent.py:make"]
     if spec.key == "agent.tools":
@@ -118,6 +123,8 @@ def as_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
+    if isinstance(value, dict):  # a TOML inline table
+        return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

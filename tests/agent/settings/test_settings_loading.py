@@ -10,6 +10,7 @@ import pytest
 from agent.settings import (
     MASK,
     REGISTRY,
+    ConfigError,
     load_settings,
 )
 from tests.agent.settings.helpers import (
@@ -90,3 +91,16 @@ def test_cmw_serve_llm_url_and_python_m_agent_load_the_same_custom_provider(sett
     assert (served.sources["llm.provider"], served.sources["llm.base_url"]) == ("--llm", "--llm")
     assert module.sources["llm.base_url"] == "env:CMW_LLM__PROVIDER"
     assert not any("llm.base_url" in warning for warning in served.warnings)
+
+
+def test_a_table_key_takes_entries_from_every_source_the_higher_one_winning(settings_env: Path) -> None:
+    profile = settings_env / "limits.toml"
+    profile.write_text('[events.limits]\nchat = 2\n"gen_*" = 3\n\n[events.groups]\nslow = ["gen_*"]\n',
+                       encoding="utf-8")
+    loaded = load_settings(profile, ["events.limits.chat=5", "events.limits.slow=1"], environ={}, env_file=None)
+    assert loaded.settings.events.limits == {"chat": 5, "gen_*": 3, "slow": 1}
+    assert loaded.settings.events.groups == {"slow": ["gen_*"]}
+    assert loaded.sources["events.limits"] == "--set"
+    with pytest.raises(ConfigError) as refused:
+        load_settings(profile, ["events.limits.chat=0"], environ={}, env_file=None)
+    assert "events.limits" in str(refused.value) and "greater than or equal to 1" in str(refused.value)

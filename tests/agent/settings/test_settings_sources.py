@@ -72,7 +72,7 @@ def test_text_that_only_starts_with_a_number_is_not_that_number(settings_env: Pa
 @pytest.mark.parametrize(
     ("flat", "expected"),
     [
-        ({"events.chat_limit": 3}, "unknown key (did you mean events.chat_concurrency_limit?)"),
+        ({"events.chat_limits": 3}, "unknown key (did you mean events.limits?)"),
         ({"queue.chat_concurrency_limit": 3}, "unknown key (did you mean events.chat_concurrency_limit?)"),
         ({"sessions.max_sesions": 3}, "unknown key (did you mean sessions.max_sessions?)"),
     ],
