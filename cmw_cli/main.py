@@ -14,7 +14,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import typer  # noqa: E402
 
 from agent import __version__  # noqa: E402
-from cmw_cli import config, loadtest, proxy, serve, sessions, sim, status
+from cmw_cli import config, inspect, loadtest, proxy, serve, sessions, sim, status
 
 app = typer.Typer(
     name="cmw",
@@ -44,6 +44,7 @@ def root(
 
 
 app.command("serve")(serve.serve)
+app.command("inspect")(inspect.inspect)
 app.add_typer(config.app, name="config")
 app.command("status")(status.status)
 app.add_typer(sessions.app, name="sessions")

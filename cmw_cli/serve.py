@@ -11,6 +11,11 @@ from cmw_cli.common import Exit, ProfileOption, SetOption, fail, load_or_exit
 
 
 def serve(
+    app: Annotated[
+        str | None,
+        typer.Argument(help="Your Gradio app: path/to/app.py[:attr] or module:attr [default: server.app, else cmw's "
+                            "own agent app].", show_default=False),
+    ] = None,
     profile: ProfileOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind [default: server.host, 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: server.port, 7860; 0 = any free port].")] = None,
@@ -32,7 +37,7 @@ def serve(
     ] = None,
     set_: SetOption = None,
 ) -> None:
-    """Serve the agent app with the queue and concurrency limits of a profile.
+    """Serve the agent app, or your own Gradio app, with the queue and concurrency limits of a profile.
 
     \b
     Example usage:
@@ -42,6 +47,8 @@ def serve(
         cmw serve --set events.chat_concurrency_limit=8
         cmw serve --workers 2 --set sessions.store=redis://127.0.0.1:6379/0
         cmw serve --agent examples/agent.py:agent
+        cmw serve examples/chat_app.py -p balanced      # any Gradio app
+        cmw serve app.py:demo --set events.limits.generate=4
     """
     flags: dict[str, Any] = {}
     if host is not None:
@@ -56,6 +63,8 @@ def serve(
         flags["server.workers"] = (_workers(workers), "--workers")
     if agent is not None:
         flags["agent.factory"] = (agent, "--agent")
+    if app is not None:
+        flags["server.app"] = (app, "APP")
     loaded = load_or_exit(profile, set_, flags, show_warnings=False)
     if loaded.settings.agent.factory:  # a bad --agent is exit 2 now, before the web stack is imported
         from agent.agents.custom import load

@@ -81,19 +81,22 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     with contextlib.suppress(LLMError):
         providers.chat_model(settings.llm.provider)  # import langchain/openai now, not in the first chat
     ctx = AppContext(loaded=loaded, sessions=sessions, providers=providers, browser_secret=browser_secret(state_dir))
-    if settings.agent.factory:
-        from agent.agents.custom import load
+    launch_kwargs: dict[str, Any] = {}
+    if settings.server.app:  # an operator's own Gradio app, with the profile applied to it
+        demo, launch_kwargs = _operator_app(ctx)
+    else:
+        if settings.agent.factory:
+            from agent.agents.custom import load
 
-        ctx.custom_agent = load(settings.agent.factory)  # a bad spec: ConfigError, exit 2 before serving
-    demo = build_app(ctx)
+            ctx.custom_agent = load(settings.agent.factory)  # a bad spec: ConfigError, exit 2 before serving
+        demo = build_app(ctx)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any):  # type: ignore[no-untyped-def]
         interval_s = min(60.0, settings.sessions.idle_ttl_s / 4)
-        sweepers = [
-            asyncio.create_task(sessions.run_sweeper(interval_s)),
-            asyncio.create_task(_forget_ended_gradio_sessions(demo, ctx, interval_s)),
-        ]
+        sweepers = [asyncio.create_task(sessions.run_sweeper(interval_s))]
+        if not settings.server.app:  # cmw's sessions say which Gradio sessions live; an operator's app has none
+            sweepers.append(asyncio.create_task(_forget_ended_gradio_sessions(demo, ctx, interval_s)))
         try:
             yield
         finally:
@@ -120,6 +123,7 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
 
     ttl = settings.server.upload_cache_ttl_s
     demo.delete_cache = (max(1, min(ttl, 3600) // 4), ttl)  # Gradio's cleanup of its upload cache (and on exit)
+    mount: dict[str, Any] = {"footer_links": ["api", "settings"], **launch_kwargs}
     app = gr.mount_gradio_app(
         api,
         demo,
@@ -127,11 +131,11 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
         root_path=settings.server.root_path or None,
         max_file_size=settings.sessions.max_upload_bytes,
         ssr_mode=False,
-        footer_links=["api", "settings"],
         run_history=False,
         # Gradio's traffic dashboard: off. cmw's admin API and /metrics report the same figures behind
         # the admin token; Gradio's /monitoring/summary would answer anyone.
         enable_monitoring=False,
+        **mount,
     )
     mark_launched(demo)
     use_lean_session_state(demo)
@@ -146,6 +150,29 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     for warning in loaded.warnings:
         ctx.startup_log.append(f"warning: {warning}")
     return app, ctx
+
+
+def _operator_app(ctx: Any) -> tuple[Any, dict[str, Any]]:
+    """The app ``server.app`` names, loaded, with the profile's queue and per-event limits applied; and what
+    its ``launch()`` carried that cmw passes on (auth, theme, css, …)."""
+    from agent.app.gradio_compat import cap_session_states
+    from agent.app.queue import QueueMonitor, apply_queue
+    from agent.apps.limits import apply_event_limits
+    from agent.apps.loading import load_app
+
+    settings = ctx.settings
+    served = load_app(settings.server.app)
+    demo = served.blocks
+    limits = apply_event_limits(demo, settings)
+    cap_session_states(demo, max(100, settings.server.max_threads))
+    apply_queue(demo, settings)
+    named = {item.api_name or f"fn_{item.fn_index}": {"id": item.fn_index} for item in limits}
+    ctx.monitor = QueueMonitor(demo, named)
+    for warning in served.overridden:
+        log.warning("%s", warning)
+        ctx.loaded.warnings.append(warning)
+    ctx.startup_log.append(f"app {served.spec} ({served.name}): {len(limits)} events")
+    return demo, dict(served.launch_kwargs)
 
 
 async def _forget_ended_gradio_sessions(demo: Any, ctx: Any, interval_s: float) -> None:

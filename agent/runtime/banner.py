@@ -41,7 +41,10 @@ def print_banner(console: Any, loaded: LoadedSettings, ctx: Any, url: str, sim_u
     table.add_row("queue", f"max_size={settings.queue.max_size}  status_update_rate={settings.queue.status_update_rate}"
                   f"  max_threads={settings.server.max_threads}")
     table.add_row("store", mask_url_passwords(settings.sessions.store))
-    table.add_row("provider", provider_text(settings, sim_url))
+    if settings.server.app:
+        table.add_row("app", settings.server.app)
+    else:
+        table.add_row("provider", provider_text(settings, sim_url))
     table.add_row("admin", f"{url.rstrip('/')}/admin/api/health  metrics: /metrics")
     console.print(Panel(table, title=f"cmw {__version__}", expand=False))
     for warning in loaded.warnings:
@@ -58,7 +61,8 @@ def print_workers_banner(console: Any, loaded: LoadedSettings, url: str, ports: 
     table.add_row("workers", f"{len(ports)} on 127.0.0.1 ports {', '.join(str(port) for port in ports)}")
     table.add_row("profile", f"{loaded.profile_name} ({loaded.profile_path})")
     table.add_row("store", mask_url_passwords(settings.sessions.store))
-    table.add_row("provider", provider_text(settings, None))
+    shown = ("app", settings.server.app) if settings.server.app else ("provider", provider_text(settings, None))
+    table.add_row(*shown)
     table.add_row("admin", f"{url.rstrip('/')}/admin/api/health")
     console.print(Panel(table, title=f"cmw {__version__}", expand=False))
     for warning in loaded.warnings:

@@ -49,7 +49,7 @@ def embedded_simulator(loaded: LoadedSettings) -> Iterator[str | None]:
 
     settings = loaded.settings
     offered = {settings.llm.provider, *settings.llm.providers}
-    if not any(PROVIDERS[name].embedded for name in offered):
+    if settings.server.app or not any(PROVIDERS[name].embedded for name in offered):  # an operator's app: no LLM
         yield None
         return
     from agent.simulator import simulator_process
@@ -114,6 +114,8 @@ def serve_on(
             )
             DrainingServer(config, ctx, settings.server.shutdown_grace_s, console).run(sockets=[sock])
     except ConfigError as exc:
+        if getattr(exc, "app_traceback", ""):  # the served app's own code failed: its traceback, not cmw's
+            console.print(exc.app_traceback.rstrip(), highlight=False, markup=False)  # type: ignore[attr-defined]
         for line in str(exc).splitlines():
             console.print(f"[bold red]error:[/] {line}", highlight=False)
         return 2
