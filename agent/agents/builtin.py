@@ -25,14 +25,12 @@ class ToolAgent:
     """The built-in agent of one session: its tools see that session's files only."""
 
     def __init__(self, providers: Any, settings: Any, files: Callable[[], Mapping[str, str]]):
-        from langchain_core.utils.function_calling import convert_to_openai_tool
-
         from agent.agents.tools import build_tools
 
         self.providers = providers
         self.settings = settings.agent
         self.tools = {tool.name: tool for tool in build_tools(settings.agent, files)}
-        self.schemas = [convert_to_openai_tool(tool) for tool in self.tools.values()]
+        self.schemas = _schemas(self.tools)
 
     async def run(self, provider: str, model: str, messages: list[Any]) -> AsyncIterator[Delta | Step]:
         """Stream one turn: reply text as :class:`Delta`, tool calls as :class:`Step` (pending, then ended)."""
@@ -116,6 +114,20 @@ class ToolAgent:
         except Exception as exc:  # a tool's bug is the model's information, never the server's crash
             return step.end("error", bounded(f"Error: {step.name} failed: {type(exc).__name__}: {exc}", limit))
         return step.end("done", bounded(str(result), limit))
+
+
+_SCHEMAS: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+
+
+def _schemas(tools: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tools' OpenAI schemas, made once per set of tools: every session has its own tools (its files),
+    but the same schemas, and making them costs milliseconds of the event loop per new session."""
+    key = tuple(tools)
+    if key not in _SCHEMAS:
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        _SCHEMAS[key] = [convert_to_openai_tool(tool) for tool in tools.values()]
+    return _SCHEMAS[key]
 
 
 def _call_id() -> str:
