@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import signal
 import socket
 import time
@@ -95,6 +96,10 @@ def serve_on(
     try:
         with embedded_simulator(loaded) as sim_url:
             app, ctx = create_app(loaded, sim_base_url=sim_url, state_dir=state_dir(settings))
+            # The start-up heap (Gradio, LangChain, pydantic: millions of objects) never becomes garbage:
+            # frozen, the collector's full passes while serving walk only what requests allocate.
+            gc.collect()
+            gc.freeze()
             host, port = sock.getsockname()[:2]
             if worker is None:
                 print_banner(console, loaded, ctx, f"http://{display_host(host)}:{port}{settings.server.root_path}",
