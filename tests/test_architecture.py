@@ -16,6 +16,8 @@ MAX_LINES = 600
 # What counts as touching Gradio's internals (the same pattern the project's review hook uses).
 GRADIO_INTERNALS = re.compile(
     r"from gradio\.[a-z_.]+ import|import gradio\.[a-z_]|\._queue\b|dependency_overrides|has_launched|SessionState"
+    # Writes to Gradio's objects: an event's limit and pool, and launch() while an operator's app is imported.
+    r"|\b(fn|blocks_cls)\.(concurrency_limit|concurrency_id|launch|block_thread)\b\s*[,=](?!=)"
 )
 
 

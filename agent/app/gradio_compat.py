@@ -9,8 +9,9 @@ class must subclass one of Gradio's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,3 +224,71 @@ def forget_ended_sessions(demo: Any, is_live: Callable[[str], bool]) -> int:
             del queue.pending_messages_per_session[session_hash]
         forgotten += 1
     return forgotten
+
+
+# ---------------------------------------------------------------------------------------------- operators' apps
+# Written against Gradio 6.31. An app written for `python app.py` may call launch() at import; no public
+# option stops it from starting a server, so while cmw imports the app launch() records its arguments and
+# returns, and block_thread() (which it would call after) returns too. Both are restored on the way out.
+
+
+@contextlib.contextmanager
+def intercepted_launch() -> Iterator[list[tuple[Any, dict[str, Any]]]]:
+    """While open, ``Blocks.launch`` records (blocks, explicit arguments) and starts nothing."""
+    import inspect
+
+    import gradio as gr
+
+    blocks_cls = gr.Blocks
+    original_launch, original_block = blocks_cls.launch, blocks_cls.block_thread
+    signature = inspect.signature(original_launch)
+    launched: list[tuple[Any, dict[str, Any]]] = []
+
+    def launch(self: Any, *args: Any, **kwargs: Any) -> tuple[None, str, str]:
+        bound = signature.bind(self, *args, **kwargs)  # a wrong argument raises as the real launch() would
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(signature.parameters)), None)  # self
+        if not any(b is self for b, _ in launched):
+            launched.append((self, arguments))
+        return None, "", ""
+
+    def block_thread(self: Any) -> None:
+        return None
+
+    blocks_cls.launch, blocks_cls.block_thread = launch, block_thread  # type: ignore[method-assign]
+    try:
+        yield launched
+    finally:
+        blocks_cls.launch, blocks_cls.block_thread = original_launch, original_block  # type: ignore[method-assign]
+
+
+# Per-event limits of an app that is already built: Gradio takes concurrency_limit/concurrency_id only as
+# arguments of the event listener, and keeps them on each BlockFunction, whose per-pool queue it creates
+# on the event's first join (Queue.create_event_queue_for_fn). Set before serving, they are what it uses.
+
+
+@dataclass(frozen=True)
+class EventFunction:
+    """What cmw reads of one event of a built app."""
+
+    fn_index: int
+    api_name: str | None
+    targets: tuple[tuple[int | None, str], ...]
+    concurrency_limit: int | None | str  # "default", an int, or None (unlimited), as the app's code set it
+    concurrency_id: str
+
+
+def event_functions(demo: Any) -> list[EventFunction]:
+    return [
+        EventFunction(fn_index, fn.api_name if isinstance(fn.api_name, str) else None,
+                      tuple((block_id, event) for block_id, event in fn.targets), fn.concurrency_limit,
+                      fn.concurrency_id)
+        for fn_index, fn in demo.fns.items()
+    ]
+
+
+def set_event_limit(demo: Any, fn_index: int, limit: int | None, concurrency_id: str) -> None:
+    """The limit and pool one event runs with, set before its first join."""
+    fn = demo.fns[fn_index]
+    fn.concurrency_limit = limit
+    fn.concurrency_id = concurrency_id

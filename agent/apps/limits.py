@@ -13,6 +13,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+from agent.app.gradio_compat import event_functions, set_event_limit
 from agent.settings import Settings
 
 GROUP_PREFIX = "cmw-group:"
@@ -53,8 +54,8 @@ def event_limits(demo: Any, settings: Settings) -> list[EventLimit]:
     group_patterns = {pattern: group for group, members in groups.items() for pattern in members}
     limit_patterns = [p for p in events.limits if p not in groups]
     out: list[EventLimit] = []
-    for fn_index, fn in demo.fns.items():
-        name = fn.api_name if isinstance(fn.api_name, str) else None
+    for fn in event_functions(demo):
+        fn_index, name = fn.fn_index, fn.api_name
         triggers = tuple(_trigger(demo, block_id, event) for block_id, event in fn.targets)
         concurrency_id = fn.concurrency_id
         own = fn.concurrency_limit  # "default", an int, or None (unlimited) as the app's code set it
@@ -83,9 +84,7 @@ def apply_event_limits(demo: Any, settings: Settings) -> list[EventLimit]:
     """Set each event's limit and pool before the queue first sees it (Gradio builds its per-pool queues lazily)."""
     limits = event_limits(demo, settings)
     for item in limits:
-        fn = demo.fns[item.fn_index]
-        fn.concurrency_limit = item.limit
-        fn.concurrency_id = item.concurrency_id
+        set_event_limit(demo, item.fn_index, item.limit, item.concurrency_id)
     return limits
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from agent.app.gradio_compat import intercepted_launch
 from agent.settings.errors import ConfigError, Problem, short_value
 from agent.settings.masking import MASK
 
@@ -118,7 +119,7 @@ def load_app(spec: str) -> LoadedApp:
     if attr is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", attr):
         raise AppLoadError(f"{spec!r}: {attr!r} is not an attribute name; {USAGE}")
 
-    with _intercept_launch(gr.Blocks) as launched, _argv(source):
+    with intercepted_launch() as launched, _argv(source):
         try:
             module = _exec_file(path) if is_file else _import_module(where)
         except ModuleNotFoundError as exc:
@@ -232,32 +233,6 @@ def _argv(source: str) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
-
-
-@contextlib.contextmanager
-def _intercept_launch(blocks_cls: type) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
-    """``Blocks.launch`` records (blocks, explicit arguments) and returns at once, starting nothing; and
-    ``block_thread`` returns at once. Both are restored on the way out, whatever happened."""
-    original_launch, original_block = blocks_cls.launch, blocks_cls.block_thread
-    signature = inspect.signature(original_launch)
-    launched: list[tuple[Any, dict[str, Any]]] = []
-
-    def launch(self: Any, *args: Any, **kwargs: Any) -> tuple[None, str, str]:
-        bound = signature.bind(self, *args, **kwargs)  # a wrong argument raises as the real launch() would
-        arguments = dict(bound.arguments)
-        arguments.pop(next(iter(signature.parameters)), None)  # self
-        if not any(b is self for b, _ in launched):
-            launched.append((self, arguments))
-        return None, "", ""
-
-    def block_thread(self: Any) -> None:
-        return None
-
-    blocks_cls.launch, blocks_cls.block_thread = launch, block_thread
-    try:
-        yield launched
-    finally:
-        blocks_cls.launch, blocks_cls.block_thread = original_launch, original_block
 
 
 def _single_blocks(module: ModuleType, where: str, blocks_cls: type) -> tuple[str, Any]:

@@ -20,10 +20,13 @@ from agent.app.gradio_compat import (
     LeanStateHolder,
     cap_session_states,
     coalesce_estimations,
+    event_functions,
     event_load,
     forget_ended_sessions,
+    intercepted_launch,
     mark_launched,
     queue_length,
+    set_event_limit,
     skip_login_check_thread_hop,
     upload_folder,
     upload_refusal,
@@ -221,3 +224,27 @@ def test_create_app_uses_lean_states_and_the_async_login_check(tmp_path: Path) -
     gradio_app = next(route.app for route in app.routes if isinstance(getattr(route, "app", None), GradioApp))
     assert isinstance(gradio_app.state_holder, LeanStateHolder)
     assert len(gradio_app.dependency_overrides) == 1
+
+
+def test_an_intercepted_launch_records_its_arguments_starts_nothing_and_is_restored() -> None:
+    original = gr.Blocks.launch
+    demo = blocks()
+    with intercepted_launch() as launched:
+        assert demo.launch(server_port=1234, auth=("u", "p")) == (None, "", "")
+        demo.block_thread()  # returns at once too
+    assert launched == [(demo, {"server_port": 1234, "auth": ("u", "p")})]
+    assert gr.Blocks.launch is original and not demo.is_running
+    with pytest.raises(TypeError), intercepted_launch():
+        demo.launch(no_such_argument=1)  # a wrong argument fails as the real launch() would
+    assert gr.Blocks.launch is original
+
+
+def test_an_events_limit_and_pool_set_before_its_first_join_are_what_the_queue_uses() -> None:
+    demo = blocks(limit=2)
+    [echo] = event_functions(demo)
+    assert (echo.api_name, echo.concurrency_limit) == ("echo", 2)
+    set_event_limit(demo, echo.fn_index, 7, "shared-pool")
+    demo.queue()
+    queue: Queue = demo._queue
+    queue.create_event_queue_for_fn(demo.fns[echo.fn_index])  # what Queue.push does on the first join
+    assert queue.event_queue_per_concurrency_id["shared-pool"].concurrency_limit == 7
