@@ -145,3 +145,17 @@ async def test_stop_during_a_running_step_ends_it_and_the_history_keeps_what_hap
         assert reply["content"] == "working on it [stopped]"
         chatbot, _ = await app.call("chat", ["again"], "stopper")  # the session chats on
     assert text_of(chatbot[-1]) == "fine"
+
+
+@pytest.mark.server
+def test_cmw_serve_with_the_example_agent_serves_it(tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    from tests.servers import cmw_server
+
+    with cmw_server(tmp_path, "sim.ttft_ms=0", "sim.tokens_per_second=2000", "sim.reply_tokens=5",
+                    extra_args=("--agent", str(EXAMPLE))) as server:
+        chatbot, _ = Client(server.url, verbose=False).predict("two words", api_name="/chat")
+    steps, reply = steps_and_reply(chatbot)
+    assert [s["metadata"]["title"] for s in steps] == ["🛠️ word_stats"] and "2 words" in text_of(steps[0])
+    assert parse_reply_header(reply) is not None
