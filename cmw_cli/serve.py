@@ -46,7 +46,7 @@ def serve(
         cmw serve --llm http://127.0.0.1:8000/v1 --model qwen2.5
         cmw serve --set events.chat_concurrency_limit=8
         cmw serve --workers 2 --set sessions.store=redis://127.0.0.1:6379/0
-        cmw serve --agent examples/agent.py:agent
+        cmw serve --agent examples/word_stats_agent.py:agent
         cmw serve examples/chat_app.py -p balanced      # any Gradio app
         cmw serve app.py:demo --set events.limits.generate=4
     """

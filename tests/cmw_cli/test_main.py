@@ -14,7 +14,7 @@ from agent import __version__
 from cmw_cli.main import app
 
 runner = CliRunner()
-COMMANDS = ("serve", "config", "status", "sessions", "loadtest", "smoke", "sim", "proxy-config")
+COMMANDS = ("serve", "inspect", "config", "status", "sessions", "loadtest", "smoke", "sim", "proxy-config")
 CONFIG_COMMANDS = ("show", "profiles", "validate", "diff", "init", "path")
 HEAVY = ("gradio", "gradio_client", "langchain", "langchain_core", "langchain_openai", "openai")
 

@@ -20,7 +20,7 @@ from tests.asgi import InProcess, in_process
 
 IN_LOOP = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[3]
-EXAMPLE = ROOT / "examples" / "agent.py"
+EXAMPLE = ROOT / "examples" / "word_stats_agent.py"
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,9 @@ def test_the_example_loads_from_its_path() -> None:
     assert callable(load(f"{EXAMPLE}:agent"))
 
 
-@pytest.mark.parametrize("spec", ["no_such_module_anywhere:agent", "examples/agent.py:nothing", "not-a-spec"])
+@pytest.mark.parametrize(
+    "spec", ["no_such_module_anywhere:agent", "examples/word_stats_agent.py:nothing", "not-a-spec"]
+)
 def test_cmw_serve_with_a_bad_agent_exits_2_with_one_line(spec: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "cmw_cli", "serve", "--port", "0", "--agent", spec,
@@ -154,7 +156,7 @@ def test_cmw_serve_with_the_example_agent_serves_it(tmp_path: Path) -> None:
     from tests.servers import cmw_server
 
     with cmw_server(tmp_path, "sim.ttft_ms=0", "sim.tokens_per_second=2000", "sim.reply_tokens=5",
-                    extra_args=("--agent", str(EXAMPLE))) as server:
+                    extra_args=("--agent", f"{EXAMPLE}:agent")) as server:
         chatbot, _ = Client(server.url, verbose=False).predict("two words", api_name="/chat")
     steps, reply = steps_and_reply(chatbot)
     assert [s["metadata"]["title"] for s in steps] == ["🛠️ word_stats"] and "2 words" in text_of(steps[0])

@@ -1,4 +1,4 @@
-"""A small agent of your own, served by cmw: `cmw serve --agent examples/agent.py:agent`.
+"""A small agent of your own, served by cmw: `cmw serve --agent examples/word_stats_agent.py:agent`.
 
 It has one custom tool, ``word_stats``, which it runs on every message (shown as a step in the chat),
 then it asks the session's chat model (the provider and model the user picked) to answer with that
