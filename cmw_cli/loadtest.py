@@ -130,7 +130,11 @@ def loadtest(
         str | None,
         typer.Option(help="Same workload per profile on spawned servers, e.g. sequential,balanced,high-performance."),
     ] = None,
-    api_name: Annotated[str, typer.Option("--api-name", help="The app's chat endpoint.")] = "chat",
+    api_name: Annotated[
+        str | None,
+        typer.Option("--api-name", help="The app's chat endpoint [default: chat, else the one endpoint that takes a "
+                                        "message and returns a chat].", show_default=False),
+    ] = None,
     token: Annotated[
         str | None, typer.Option(envvar="CMW_ADMIN_TOKEN", help="Admin token, to read the server's queue figures.")
     ] = None,

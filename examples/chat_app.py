@@ -24,4 +24,6 @@ demo = gr.ChatInterface(respond, title="Chat")
 
 if __name__ == "__main__":
     demo.queue(default_concurrency_limit=int(os.environ.get("CHAT_APP_LIMIT", "16")))
-    demo.launch(max_threads=int(os.environ.get("CHAT_APP_THREADS", "200")))
+    demo.launch(server_name=os.environ.get("CHAT_APP_HOST", "127.0.0.1"),
+                server_port=int(os.environ.get("CHAT_APP_PORT", "7860")),
+                max_threads=int(os.environ.get("CHAT_APP_THREADS", "200")))

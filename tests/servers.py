@@ -47,7 +47,8 @@ class RunningServer:
 
 
 def wait_until_ready(
-    url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = STARTUP_TIMEOUT_S
+    url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = STARTUP_TIMEOUT_S,
+    probe: str = "/admin/api/live",
 ) -> None:
     """Poll the liveness probe until it answers, the process dies, or the deadline passes (an app with its own
     auth answers /config with 401, so the public probe is what says the server is up)."""
@@ -57,7 +58,7 @@ def wait_until_ready(
             tail = log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"cmw serve exited with {proc.returncode}:\n{tail}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/admin/api/live", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"cmw serve did not answer within {timeout} s:\n{log_path.read_text(errors='replace')[-3000:]}")

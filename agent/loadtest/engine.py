@@ -236,7 +236,7 @@ async def run_workload(
     url: str,
     workload: Workload,
     *,
-    api_name: str = "chat",
+    api_name: str | None = None,
     admin_token: str | None = None,
     progress: Progress | None = None,
 ) -> RunData:

@@ -90,8 +90,36 @@ class Endpoint:
         }
 
 
-async def discover(client: httpx.AsyncClient, url: str, api_name: str = "chat") -> Endpoint:
-    """Find the dependency published as ``api_name`` in the app's ``/config``."""
+TEXT_INPUTS = ("textbox", "multimodaltextbox")
+
+
+def chat_endpoint(dependencies: list[dict[str, Any]], components: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    """The app's chat endpoint when it names none ``chat``: the one public endpoint that takes a message first and
+    returns a chatbot, else the one that takes a message first and returns anything (a ``ChatInterface``'s API).
+
+    Several (or none) in the best tier is a TargetError listing them: the operator names one with --api-name.
+    """
+    def kinds(ids: list[Any]) -> list[str]:
+        return [str(components.get(i, {}).get("type", "")) for i in ids]
+
+    public = [d for d in dependencies if d.get("api_name") and d.get("api_visibility", "public") == "public"]
+    takes_text = [d for d in public if kinds(d.get("inputs") or [])[:1] in ([t] for t in TEXT_INPUTS)]
+    for tier in ([d for d in takes_text if "chatbot" in kinds(d.get("outputs") or [])],
+                 [d for d in takes_text if d.get("outputs")]):
+        if len(tier) == 1:
+            return tier[0]
+        if len(tier) > 1:
+            names = ", ".join(sorted(str(d["api_name"]) for d in tier))
+            raise TargetError(f"several endpoints take a message and answer ({names}): name one with --api-name",
+                              unreachable=False)
+    listing = ", ".join(sorted(str(d["api_name"]) for d in public)) or "none"
+    raise TargetError(f"no endpoint takes a message and returns a chat (public endpoints: {listing}); name one with "
+                      "--api-name", unreachable=False)
+
+
+async def discover(client: httpx.AsyncClient, url: str, api_name: str | None = None) -> Endpoint:
+    """Find the chat dependency in the app's ``/config``: ``api_name`` when given, else ``chat``, else the one
+    endpoint that takes a message and returns a chat (:func:`chat_endpoint`)."""
     base = url.rstrip("/")
     try:
         response = await client.get(f"{base}/config", timeout=15.0)
@@ -106,10 +134,17 @@ async def discover(client: httpx.AsyncClient, url: str, api_name: str = "chat") 
     except (ValueError, KeyError, TypeError):
         raise TargetError(f"{url} does not serve a Gradio app: GET /config is not a Gradio config") from None
     named = [d for d in dependencies if d.get("api_name") and d.get("api_visibility", "public") != "private"]
-    match = next((d for d in named if d.get("api_name") == api_name), None)
+    wanted = api_name or "chat"
+    match = next((d for d in named if d.get("api_name") == wanted), None)
+    if match is None and api_name is None:
+        try:
+            match = chat_endpoint(dependencies, components)
+        except TargetError as exc:
+            raise TargetError(f"{url}: {exc}", unreachable=False) from None
     if match is None:
         listing = ", ".join(sorted({str(d["api_name"]) for d in named})) or "none"
         raise TargetError(f"{url} has no endpoint api_name={api_name!r}; it has: {listing}", unreachable=False)
+    api_name = str(match["api_name"])
     if str(config.get("protocol", "")).startswith("ws"):
         raise TargetError(f"{url} speaks Gradio's old websocket protocol; cmw loadtest needs Gradio 4 or later",
                           unreachable=False)

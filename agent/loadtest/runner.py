@@ -52,7 +52,7 @@ class Target:
     profile: str | None = None
     overrides: tuple[str, ...] = ()
     token: str | None = None
-    api_name: str = "chat"
+    api_name: str | None = None  # None: "chat", else the one endpoint that takes a message and returns a chat
 
 
 def nominal_from_settings(loaded: LoadedSettings) -> Nominal:
