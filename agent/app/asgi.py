@@ -62,8 +62,11 @@ def _new_work(scope: dict[str, Any]) -> bool:
 
 
 
-def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: Path) -> tuple[Any, Any]:
-    """The ASGI app (FastAPI + mounted Gradio) and its :class:`~agent.app.context.AppContext`."""
+def create_app(
+    loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: Path, processes: int = 1
+) -> tuple[Any, Any]:
+    """The ASGI app (FastAPI + mounted Gradio) and its :class:`~agent.app.context.AppContext`; ``processes`` is
+    how many serve it (the workers behind the supervisor's proxy)."""
     from agent.app import gradio_compat  # noqa: F401, I001 - sets Gradio's environment before Gradio is imported
     import gradio as gr
     from fastapi import FastAPI, HTTPException
@@ -83,7 +86,7 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     ctx = AppContext(loaded=loaded, sessions=sessions, providers=providers, browser_secret=browser_secret(state_dir))
     launch_kwargs: dict[str, Any] = {}
     if settings.server.app:  # an operator's own Gradio app, with the profile applied to it
-        demo, launch_kwargs = _operator_app(ctx)
+        demo, launch_kwargs = _operator_app(ctx, processes)
     else:
         if settings.agent.factory:
             from agent.agents.custom import load
@@ -152,7 +155,7 @@ def create_app(loaded: LoadedSettings, *, sim_base_url: str | None, state_dir: P
     return app, ctx
 
 
-def _operator_app(ctx: Any) -> tuple[Any, dict[str, Any]]:
+def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
     """The app ``server.app`` names, loaded, with the profile's queue and per-event limits applied; and what
     its ``launch()`` carried that cmw passes on (auth, theme, css, …)."""
     from agent.app.gradio_compat import cap_session_states
@@ -162,6 +165,14 @@ def _operator_app(ctx: Any) -> tuple[Any, dict[str, Any]]:
 
     settings = ctx.settings
     served = load_app(settings.server.app)
+    if processes > 1 and served.launch_kwargs.get("auth"):
+        from agent.settings import ConfigError, Problem
+
+        raise ConfigError([Problem(
+            f"{served.spec}: launch(auth=...) with server.workers = {processes}: Gradio keeps logins "
+            "in each process, so a login would be known to one worker only; serve it with one worker, or "
+            "authenticate in the reverse proxy in front"
+        )])
     demo = served.blocks
     limits = apply_event_limits(demo, settings)
     cap_session_states(demo, max(100, settings.server.max_threads))

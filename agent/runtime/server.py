@@ -81,6 +81,7 @@ def serve_on(
     wrap: Callable[[Any, Any], Any] | None = None,
     trusted: list[str] | None = None,
     worker: str | None = None,
+    processes: int = 1,
 ) -> int:
     """Serve the app on a bound socket until a signal; the exit code (2 settings, 4 cannot start).
 
@@ -95,7 +96,7 @@ def serve_on(
     settings = loaded.settings
     try:
         with embedded_simulator(loaded) as sim_url:
-            app, ctx = create_app(loaded, sim_base_url=sim_url, state_dir=state_dir(settings))
+            app, ctx = create_app(loaded, sim_base_url=sim_url, state_dir=state_dir(settings), processes=processes)
             # The start-up heap (Gradio, LangChain, pydantic: millions of objects) never becomes garbage:
             # frozen, the collector's full passes while serving walk only what requests allocate.
             gc.collect()

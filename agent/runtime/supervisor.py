@@ -58,10 +58,11 @@ class Worker:
 
 
 def worker_overrides(loaded: LoadedSettings) -> dict[str, Any]:
-    """The values that came from flags or ``--set``: a worker reloads the rest (profile, env, .env) itself."""
+    """The values that came from the command line (flags, ``--set``, the APP argument): a worker reloads the
+    rest (profile, env, .env) itself."""
     out: dict[str, Any] = {}
     for key, source in loaded.sources.items():
-        if source.startswith("--"):
+        if not source.startswith(("profile:", "env:", ".env", "default")):
             value = loaded.settings.get(key)
             if hasattr(value, "get_secret_value"):
                 value = value.get_secret_value()
@@ -187,10 +188,11 @@ def _die_with_parent() -> None:
 
 
 def _ready(port: int) -> bool:
+    """The worker answers its liveness probe (public, unlike an operator's app's /config behind its own auth)."""
     import httpx
 
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/config", timeout=3).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/admin/api/live", timeout=3).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -39,7 +39,7 @@ def run_worker(loaded: LoadedSettings, sock: socket.socket, index: int, peers: l
     # The supervisor's HAProxy (option forwardfor) reaches every worker from loopback: trust it.
     trusted = [*loaded.settings.server.trusted_proxies, "127.0.0.1"]
     name = f"worker {index} (pid {os.getpid()})"
-    return serve_on(loaded, sock, console, wrap=with_peers, trusted=trusted, worker=name)
+    return serve_on(loaded, sock, console, wrap=with_peers, trusted=trusted, worker=name, processes=len(peers))
 
 
 def main(argv: list[str] | None = None) -> int:

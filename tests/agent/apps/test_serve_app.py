@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from agent.app.admin import token_path
 from cmw_cli.main import app as cli
+from tests.raw import call as raw_call
+from tests.raw import event
 from tests.servers import RunningServer, cmw_server
 
 pytestmark = pytest.mark.server
@@ -105,3 +107,30 @@ def test_a_bad_app_exits_2_with_one_line(tmp_path: Path, source: str | None, spe
     assert len(errors) == 1 and says in errors[0], done.stderr
     if "ZeroDivisionError" in says:  # the app's own traceback, not cmw's
         assert "broken.py" in done.stderr and "line 2" in done.stderr and "agent/app" not in done.stderr
+
+
+BLOCKS = ROOT / "examples" / "blocks_app.py"
+
+
+@pytest.mark.services
+def test_workers_serve_the_app_given_as_the_argument(tmp_path: Path) -> None:
+    from agent.runtime.proxy import find_haproxy
+
+    if find_haproxy() is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    with cmw_server(tmp_path, "events.limits.tool_*=2", extra_args=(str(BLOCKS), "--workers", "2")) as server:
+        upper = event(server.url, api_name="tool_upper")
+        outcomes = [raw_call(server.url, upper.fn_index, [f"w{n}"], f"sticky-{n}") for n in range(4)]
+        assert [(o.ok, o.outputs) for o in outcomes] == [(True, [f"W{n}"]) for n in range(4)]
+        token = token_path(server.state_dir).read_text().strip()
+        queue = httpx.get(f"{server.url}/admin/api/queue", headers={"Authorization": f"Bearer {token}"}).json()
+    assert queue["events"]["tool_upper"]["limit"] == 4 and len(queue["workers"]) == 2  # each worker's pool of 2
+
+
+@pytest.mark.services
+def test_an_app_with_its_own_login_is_refused_with_several_workers(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cmw_cli", "serve", str(COUNTING), "--port", "0", "--workers", "2",
+         "--set", f"server.state_dir={tmp_path}/st"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert done.returncode == 4 and "Gradio keeps logins in each process" in done.stderr
