@@ -25,8 +25,8 @@ class LogEntry(BaseModel):
     message: str
 
 
-class SessionSummary(BaseModel):
-    """A conversation in `cmw sessions list`: in memory (running/idle) or only in the store (stored)."""
+class _Conversation(BaseModel):
+    """The figures every view of a conversation carries."""
 
     id: str
     created: float
@@ -37,21 +37,17 @@ class SessionSummary(BaseModel):
     tokens: int
     errors: int
     state: Literal["running", "idle", "stored"]
+
+
+class SessionSummary(_Conversation):
+    """A conversation in `cmw sessions list`: in memory (running/idle) or only in the store (stored)."""
+
     files: list[str] = Field(default_factory=list, description="Names of the attached files.")
 
 
-class SessionDetail(BaseModel):
-    """One conversation with its history, files (name → text), recent latencies and its log."""
+class SessionDetail(_Conversation):
+    """One conversation with its history (tool steps included), files (name → text), recent latencies and log."""
 
-    id: str
-    created: float
-    last_active: float
-    provider: str
-    model: str
-    turns: int
-    tokens: int
-    errors: int
-    state: Literal["running", "idle", "stored"]
     history: list[Message]
     files: dict[str, str]
     latencies: list[float]

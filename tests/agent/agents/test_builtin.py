@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.agents.builtin import ToolAgent
 from agent.agents.steps import Step
@@ -22,6 +21,7 @@ from agent.app.llm import Delta
 from agent.settings import SimSettings, load_settings
 from agent.simulator import Simulator, running_simulator, tool_result_header
 from tests.asgi import InProcess, in_process
+from tests.metrics import metric
 
 IN_LOOP = pytest.mark.asyncio(loop_scope="session")
 TOOLS = SimSettings(ttft_ms=0, tokens_per_second=5000, reply_tokens=6, jitter=0, tool_call_rate=1.0, seed=7)
@@ -66,7 +66,7 @@ async def test_a_tool_turn_shows_a_done_step_then_an_answer_naming_its_result(ca
     assert '"expression": "6*7"' in steps[0]["metadata"]["log"] and steps[0]["metadata"]["duration"] >= 0
     assert tool_result_header("calculator", "42") in answer
     metrics = (await calculator.http.get("/metrics")).text
-    assert _sample(metrics, "cmw_tool_calls_total", tool="calculator", outcome="done") >= 1
+    assert metric(metrics, "cmw_tool_calls_total", tool="calculator", outcome="done") >= 1
 
 
 @IN_LOOP
@@ -185,14 +185,6 @@ async def test_an_unknown_tool_and_a_slow_one_become_error_steps(monkeypatch: py
     results = {m["tool_call_id"]: m["content"] for m in model.seen[1] if m["role"] == "tool"}
     assert results == {"c0": ended["teleport"].result, "c1": "4", "c2": ended["current_time"].result}
     assert [e.text for e in events if isinstance(e, Delta) and e.text] == ["answered"]
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return found.value
-    return 0.0
 
 
 @IN_LOOP

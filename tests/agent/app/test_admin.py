@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio_client import Client
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app.admin import admin_token, token_path
 from agent.sessions.store import StoreError, state_dir
 from agent.settings import load_settings
+from tests.metrics import ADMIN_ROUTES, metric
 from tests.servers import RunningServer, cmw_server
 
 pytestmark = pytest.mark.server
@@ -26,14 +26,7 @@ pytestmark = pytest.mark.server
 API_KEY = "sk-test-admin-0123456789abcdef"
 CONFIGURED = "configured-token-0123456789abcdef-xyz"
 FAST = ("sim.ttft_ms=5", "sim.tokens_per_second=2000", "sim.reply_tokens=5", "sim.jitter=0")
-ROUTES = [
-    ("GET", "/admin/api/health"),
-    ("GET", "/admin/api/sessions"),
-    ("GET", "/admin/api/sessions/someone"),
-    ("DELETE", "/admin/api/sessions/someone"),
-    ("GET", "/admin/api/queue"),
-    ("GET", "/admin/api/config"),
-]
+ROUTES = ADMIN_ROUTES
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +50,6 @@ def chat(server: RunningServer, message: str) -> Client:
     client = Client(server.url, verbose=False)
     client.predict(message, api_name="/chat")
     return client
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def test_generated_token_file_is_private(server: RunningServer) -> None:

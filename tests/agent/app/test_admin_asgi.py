@@ -13,24 +13,17 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import TypeAdapter
 
 from agent.app import admin_models
 from agent.app.admin import token_path
 from agent.settings import load_settings
+from tests.metrics import ADMIN_ROUTES, metric
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 API_KEY = "sk-test-admin-asgi-0123456789abcdef"
-ROUTES = [
-    ("GET", "/admin/api/health"),
-    ("GET", "/admin/api/sessions"),
-    ("GET", "/admin/api/sessions/someone"),
-    ("DELETE", "/admin/api/sessions/someone"),
-    ("GET", "/admin/api/queue"),
-    ("GET", "/admin/api/config"),
-]
+ROUTES = ADMIN_ROUTES
 
 
 @dataclass
@@ -168,14 +161,6 @@ async def test_every_admin_route_publishes_its_response_schema(app: InProcess) -
     )
 
 
-def sample(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return found.value
-    return 0.0
-
-
 async def test_metrics_need_no_token_count_turns_by_outcome_and_carry_no_secret(app: InProcess) -> None:
     before = (await app.client.get("/metrics")).text
     app.ctx.metrics.turn_started("sim")
@@ -185,12 +170,12 @@ async def test_metrics_need_no_token_count_turns_by_outcome_and_carry_no_secret(
     response = await app.client.get("/metrics")
     assert response.status_code == 200
     after = response.text
-    assert sample(after, "cmw_turns_started_total", provider="sim") - sample(before, "cmw_turns_started_total",
+    assert metric(after, "cmw_turns_started_total", provider="sim") - metric(before, "cmw_turns_started_total",
                                                                               provider="sim") == 2
-    assert sample(after, "cmw_turns_failed_total", provider="sim", error="timeout") == 1
-    assert sample(after, "cmw_ttft_seconds_count", provider="sim") - sample(before, "cmw_ttft_seconds_count",
+    assert metric(after, "cmw_turns_failed_total", provider="sim", error="timeout") == 1
+    assert metric(after, "cmw_ttft_seconds_count", provider="sim") - metric(before, "cmw_ttft_seconds_count",
                                                                              provider="sim") == 1
-    assert sample(after, "cmw_queue_limit", event="chat") == 3
+    assert metric(after, "cmw_queue_limit", event="chat") == 3
     health = (await app.api.get("/admin/api/health")).json()
     assert health["turns"]["failed_by_class"]["timeout"] >= 1
     assert app.token not in after and API_KEY not in after
