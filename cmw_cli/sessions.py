@@ -53,6 +53,9 @@ def show(session_id: SessionId, url: UrlOption = None, token: TokenOption = None
         return
     from rich.markup import escape
 
+    if "by_event" in detail:  # a Gradio session of an operator's app
+        _show_app_session(detail)
+        return
     console.print(f"[bold]session {escape(detail['id'])}[/] · {detail['state']} · {detail['turns']} turns "
                   f"({detail.get('errors', 0)} failed) · {detail['tokens']} tokens · "
                   f"{escape(detail['provider'])} / {escape(str(detail['model']))}", highlight=False)
@@ -77,9 +80,24 @@ def show(session_id: SessionId, url: UrlOption = None, token: TokenOption = None
         console.print("(no messages)")
 
 
+def _show_app_session(detail: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold]session {escape(detail['id'])}[/] · {detail['state']} · {detail['events']} events · "
+                  f"first seen {clock(detail['first_seen'])} · last seen {clock(detail['last_seen'])}",
+                  highlight=False)
+    for name, count in sorted(detail["by_event"].items(), key=lambda item: -item[1]):
+        console.print(f"  {escape(name)}: {count}", highlight=False)
+    for what in ("running", "waiting"):
+        if detail[f"{what}_events"]:
+            console.print(f"{what} now: " + ", ".join(escape(n) for n in detail[f"{what}_events"]), highlight=False)
+
+
 @app.command("kill")
 def kill(session_id: SessionId, url: UrlOption = None, token: TokenOption = None, json_: JsonOption = False) -> None:
     """End a session as eviction would: its history, files and stored record are freed.
+
+    Serving an operator's app (`cmw serve APP`), the session's running and waiting events are cancelled.
 
     \b
     Example usage:
@@ -89,7 +107,9 @@ def kill(session_id: SessionId, url: UrlOption = None, token: TokenOption = None
     if json_:
         print(json.dumps(result))
         return
-    console.print(f"session {session_id} ended", highlight=False, markup=False)
+    cancelled = result.get("cancelled")
+    said = "" if cancelled is None else f" ({cancelled} event{'s' if cancelled != 1 else ''} cancelled)"
+    console.print(f"session {session_id} ended{said}", highlight=False, markup=False)
 
 
 @app.command("watch")
@@ -140,7 +160,7 @@ def _watch_view(url: str, sessions: list[dict[str, Any]], queue: dict[str, Any])
     events = queue.get("events", {})
     figures = "  ".join(
         f"{event} {fig.get('running', 0)}/{fig.get('limit') or '∞'} running, {fig.get('waiting', 0)} waiting"
-        for event, fig in events.items() if event == "chat"
+        for event, fig in events.items() if event == "chat" or "chat" not in events  # an app's: every event
     )
     head = Text(f"{url} · {time.strftime('%H:%M:%S')} · {len(sessions)} sessions · {figures}")
     return Group(head, sessions_table(sessions, now=time.time()))
@@ -151,6 +171,8 @@ def sessions_table(sessions: list[dict[str, Any]], *, now: float) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
+    if sessions and "first_seen" in sessions[0]:
+        return _app_sessions_table(sessions, now=now)
     table = Table(show_edge=False)
     # Ids are long (uuids from gradio_client): fold them rather than hide the figures beside them.
     table.add_column("id", overflow="fold", min_width=12)
@@ -173,6 +195,23 @@ def sessions_table(sessions: list[dict[str, Any]], *, now: float) -> Any:
         )
     if not sessions:
         table.caption = "no sessions"
+    return table
+
+
+def _app_sessions_table(sessions: list[dict[str, Any]], *, now: float) -> Any:
+    """The Gradio sessions of an operator's app: events run, what runs and waits now."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    table.add_column("session", overflow="fold", min_width=12)
+    for name in ("state", "events", "running", "waiting", "first seen", "last seen"):
+        table.add_column(name, justify="left" if name in ("state", "first seen") else "right", no_wrap=True)
+    for item in sessions:
+        state = item["state"]
+        table.add_row(escape(item["id"]), f"[bold green]{state}[/]" if state == "running" else state,
+                      str(item["events"]), str(item["running"]), str(item["waiting"]), clock(item["first_seen"]),
+                      ago(now - float(item["last_seen"])))
     return table
 
 

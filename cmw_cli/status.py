@@ -34,11 +34,12 @@ def render(url: str, health: dict[str, Any], queue: dict[str, Any]) -> Any:
 
     sessions = health.get("sessions", {})
     state = health.get("status", "?")
+    serving = f"app {health['app']}" if health.get("app") else \
+        f"provider {health.get('provider')} ({health.get('model')})"
     head = Text.assemble(
         (f"cmw {health.get('version', '?')} ", "bold"), f"at {url}: ",
         (state, "bold green" if state == "ok" else "bold yellow"),
-        f" · profile {health.get('profile')} · provider {health.get('provider')} ({health.get('model')})"
-        f" · up {duration(health.get('uptime_s', 0))}",
+        f" · profile {health.get('profile')} · {serving} · up {duration(health.get('uptime_s', 0))}",
     )
     counts = Text(
         f"sessions: {sessions.get('active', 0)} active, {sessions.get('running', 0)} running · "

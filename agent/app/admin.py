@@ -123,31 +123,48 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
             "status": "draining" if ctx.draining else "ok",
             "version": __version__,
             "profile": ctx.loaded.profile_name,
+            "app": settings.server.app or None,
             "uptime_s": round(time.time() - ctx.started, 1),
             "provider": settings.llm.provider,
             "model": ctx.sessions.default_model,
-            "sessions": {**ctx.sessions.counts(), "stored": await asyncio.to_thread(ctx.sessions.stored_count)},
+            "sessions": {**ctx.app_sessions.counts(), "stored": None} if ctx.app_sessions is not None
+            else {**ctx.sessions.counts(), "stored": await asyncio.to_thread(ctx.sessions.stored_count)},
             "turns": ctx.metrics.turn_figures(),
         }
 
-    @router.get("/sessions", response_model=list[models.SessionSummary])
+    app_sessions = ctx.app_sessions  # an operator's app: its Gradio sessions; else cmw's conversations
+
+    @router.get("/sessions", response_model=list[models.SessionSummary | models.AppSessionSummary])
     async def sessions(
         offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(1000, ge=1, le=10_000)
     ) -> list[dict[str, Any]]:
-        """A page of conversations: those in memory first (running/idle), then the stored ones (``stored``)."""
+        """A page of conversations: those in memory first (running/idle), then the stored ones (``stored``).
+        Serving an operator's app: its Gradio sessions, running first, then waiting, then idle."""
+        if app_sessions is not None:
+            return app_sessions.summaries(offset, limit)
         return await asyncio.to_thread(ctx.sessions.summaries, offset, limit)
 
-    @router.get("/sessions/{session_id}", response_model=models.SessionDetail)
+    @router.get("/sessions/{session_id}", response_model=models.SessionDetail | models.AppSessionDetail)
     async def session(session_id: str) -> dict[str, Any]:
-        """One conversation, by its id or a Gradio session hash of it, with its history and files."""
-        found = await asyncio.to_thread(_peek, session_id)
+        """One conversation, by its id or a Gradio session hash of it, with its history and files (an
+        operator's app: one Gradio session, with its events by api name and what runs or waits now)."""
+        if app_sessions is not None:
+            found = app_sessions.detail(session_id)
+        else:
+            found = await asyncio.to_thread(_peek, session_id)
         if found is None:
             raise HTTPException(404, "no such session")
         return found
 
-    @router.delete("/sessions/{session_id}", response_model=models.Ended)
+    @router.delete("/sessions/{session_id}", response_model=models.Ended, response_model_exclude_none=True)
     async def end_session(session_id: str) -> dict[str, Any]:
-        """End a conversation for good: memory, stored history and files; its restore token stops working."""
+        """End a conversation for good: memory, stored history and files; its restore token stops working.
+        An operator's app: cancel the session's running and waiting events (its client sees an error)."""
+        if app_sessions is not None:
+            cancelled = await app_sessions.kill(session_id)
+            if cancelled is None:
+                raise HTTPException(404, "no such session")
+            return {"id": session_id, "ended": "killed", "cancelled": cancelled}
         ended = await asyncio.to_thread(_end, session_id)
         if ended is None:
             raise HTTPException(404, "no such session")

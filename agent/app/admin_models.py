@@ -55,9 +55,28 @@ class SessionDetail(_Conversation):
     log: list[LogEntry]
 
 
+class AppSessionSummary(BaseModel):
+    """A Gradio session of an operator's app (`cmw serve APP`): what its queue saw of it."""
+
+    id: str = Field(description="The Gradio session hash.")
+    state: Literal["running", "waiting", "idle"]
+    first_seen: float = Field(description="Unix time of its first event.")
+    last_seen: float = Field(description="Unix time of its latest event.")
+    events: int = Field(description="Events it has run (queued, counted at the join).")
+    running: int = Field(description="Its events running now.")
+    waiting: int = Field(description="Its events waiting in the queue now.")
+
+
+class AppSessionDetail(AppSessionSummary):
+    by_event: dict[str, int] = Field(description="Events run, by api name.")
+    running_events: list[str]
+    waiting_events: list[str]
+
+
 class Ended(BaseModel):
     id: str
     ended: Literal["killed"]
+    cancelled: int | None = Field(None, description="An app's session: its events cancelled (running or waiting).")
 
 
 class SessionCounts(BaseModel):
@@ -86,6 +105,7 @@ class Health(BaseModel):
     status: Literal["ok", "draining"]
     version: str
     profile: str | None
+    app: str | None = Field(None, description="The operator's app served (`cmw serve APP`); null: cmw's agent.")
     uptime_s: float
     provider: str
     model: str

@@ -97,9 +97,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Any):  # type: ignore[no-untyped-def]
         interval_s = min(60.0, settings.sessions.idle_ttl_s / 4)
-        sweepers = [asyncio.create_task(sessions.run_sweeper(interval_s))]
-        if not settings.server.app:  # cmw's sessions say which Gradio sessions live; an operator's app has none
-            sweepers.append(asyncio.create_task(_forget_ended_gradio_sessions(demo, ctx, interval_s)))
+        sweepers = [asyncio.create_task(sessions.run_sweeper(interval_s)),
+                    asyncio.create_task(_forget_ended_gradio_sessions(demo, ctx, interval_s))]
         try:
             yield
         finally:
@@ -162,6 +161,7 @@ def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
     from agent.app.queue import QueueMonitor, apply_queue
     from agent.apps.limits import apply_event_limits
     from agent.apps.loading import load_app
+    from agent.apps.sessions import AppSessions
 
     settings = ctx.settings
     served = load_app(settings.server.app)
@@ -179,6 +179,9 @@ def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
     apply_queue(demo, settings)
     named = {item.api_name or f"fn_{item.fn_index}": {"id": item.fn_index} for item in limits}
     ctx.monitor = QueueMonitor(demo, named)
+    ctx.app_sessions = AppSessions(demo, {dep["id"]: name for name, dep in named.items()},
+                                   capacity=settings.sessions.max_sessions, idle_ttl_s=settings.sessions.idle_ttl_s)
+    ctx.app_sessions.attach()
     for warning in served.overridden:
         log.warning("%s", warning)
         ctx.loaded.warnings.append(warning)
@@ -187,7 +190,8 @@ def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
 
 
 async def _forget_ended_gradio_sessions(demo: Any, ctx: Any, interval_s: float) -> None:
-    """Sweep Gradio's per-session queue entries on the event loop, where Gradio mutates them."""
+    """Sweep Gradio's per-session queue entries on the event loop, where Gradio mutates them: those of
+    sessions cmw has freed (an operator's app: those idle past the TTL)."""
     from agent.app.gradio_compat import forget_ended_sessions
 
     def is_live(session_hash: str) -> bool:
@@ -196,7 +200,9 @@ async def _forget_ended_gradio_sessions(demo: Any, ctx: Any, interval_s: float) 
     while True:
         await asyncio.sleep(interval_s)
         try:
-            forget_ended_sessions(demo, is_live)
+            if ctx.app_sessions is not None:
+                ctx.app_sessions.sweep()
+            forget_ended_sessions(demo, ctx.app_sessions.is_live if ctx.app_sessions is not None else is_live)
         except Exception:  # the sweep must outlive any one failure
             log.exception("sweep of Gradio's session entries failed")
 

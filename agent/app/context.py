@@ -35,6 +35,7 @@ class AppContext:
     draining: bool = False  # set on SIGINT/SIGTERM: new chats are refused, running ones finish
     browser_secret: str | None = None  # Gradio's BrowserState wants one; public (in /config), so it guards nothing
     custom_agent: Any = None  # what agent.factory names (loaded at start-up), else the built-in agent serves
+    app_sessions: Any = None  # an operator's app: its Gradio sessions (agent.apps.sessions.AppSessions)
     metrics: AppMetrics = field(init=False, repr=False)  # this app's own Prometheus registry
     pacer: UpdatePacer = field(init=False, repr=False)  # shares the UI update budget among streaming replies
 

@@ -292,3 +292,74 @@ def set_event_limit(demo: Any, fn_index: int, limit: int | None, concurrency_id:
     fn = demo.fns[fn_index]
     fn.concurrency_limit = limit
     fn.concurrency_id = concurrency_id
+
+
+# ---------------------------------------------------------------------------------------------- an app's sessions
+# An operator's app has no cmw sessions: its sessions are Gradio's session hashes, seen as events join the queue
+# (Queue.push, awaited by Gradio's join and /call routes) and running in its workers (Queue.active_jobs) or
+# waiting in its per-pool queues. Gradio reports none of this and has no hook for a join.
+
+
+def observe_joins(demo: Any, on_join: Callable[[str, int], None]) -> None:
+    """Call ``on_join(session_hash, fn_index)`` for every event the queue accepts (after it is queued)."""
+    queue = demo._queue
+    push = queue.push
+
+    async def observed_push(body: Any, request: Any, username: str | None) -> Any:
+        accepted = await push(body=body, request=request, username=username)
+        if accepted[0] and body.session_hash is not None and body.fn_index is not None:
+            on_join(body.session_hash, body.fn_index)
+        return accepted
+
+    queue.push = observed_push
+
+
+@dataclass
+class SessionJobs:
+    """The fn indices one session has running and waiting in the queue now."""
+
+    running: list[int]
+    waiting: list[int]
+
+
+def session_jobs(demo: Any) -> dict[str, SessionJobs]:
+    """Every session with an event in the queue now: what runs and what waits, by fn index."""
+    queue = demo._queue
+    jobs: dict[str, SessionJobs] = {}
+    for job in list(queue.active_jobs):
+        for event in job or ():
+            jobs.setdefault(event.session_hash, SessionJobs([], [])).running.append(event.fn._id)
+    for event_queue in list(queue.event_queue_per_concurrency_id.values()):
+        for event in list(event_queue.queue):
+            jobs.setdefault(event.session_hash, SessionJobs([], [])).waiting.append(event.fn._id)
+    return jobs
+
+
+async def cancel_session_events(demo: Any, session_hash: str, reason: str) -> int:
+    """Cancel every event of one session, running or waiting; the number cancelled.
+
+    What Gradio's own ``/cancel`` route does for one event (cancel its task, take it off the queue, tell the
+    client it is over, close its iterator), for all of the session's events, with ``reason`` as the error its
+    client sees. Call it on the event loop.
+    """
+    from gradio.server_messages import ProcessCompletedMessage
+    from gradio.utils import cancel_tasks, safe_aclose_iterator
+
+    queue = demo._queue
+    events = [e for e in list(queue.event_ids_to_events.values()) if e.session_hash == session_hash]
+    if not events:
+        return 0
+    await cancel_tasks({f"{session_hash}_{event.fn._id}" for event in events})  # Gradio names tasks so
+    app = queue.server_app
+    for event in events:
+        await queue.remove_from_queue(event._id)
+        messages = queue.pending_messages_per_session.get(session_hash)
+        if messages is not None and event._id in queue.pending_event_ids_session.get(session_hash, ()):
+            messages.put_nowait(ProcessCompletedMessage(output={"error": reason}, success=False, event_id=event._id))
+        if app is not None and event._id in app.iterators:
+            async with app.lock:
+                with contextlib.suppress(Exception):
+                    await safe_aclose_iterator(app.iterators[event._id])
+                app.iterators.pop(event._id, None)
+                app.iterators_to_reset.add(event._id)
+    return len(events)

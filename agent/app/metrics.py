@@ -120,7 +120,8 @@ class LiveCollector(Collector):
                 limit.add_metric([figures.event], figures.limit)
         yield from (waiting, running, limit)
 
-        counts = self.ctx.sessions.counts()
+        app_sessions = self.ctx.app_sessions
+        counts = app_sessions.counts() if app_sessions is not None else self.ctx.sessions.counts()
         yield GaugeMetricFamily("cmw_sessions_active", "Live sessions.", value=counts["active"])
         yield GaugeMetricFamily("cmw_sessions_running", "Sessions with a reply in flight.", value=counts["running"])
         yield CounterMetricFamily("cmw_sessions_opened", "Sessions created (not restored).",

@@ -97,7 +97,8 @@ class PeerAdmin:
 
         def rank(summary: dict[str, Any]) -> tuple[bool, bool, float]:
             state = summary.get("state")
-            return state != "stored", state == "running", float(summary.get("last_active") or 0)
+            latest = summary.get("last_active") or summary.get("last_seen")  # an app's Gradio session: last_seen
+            return state != "stored", state == "running", float(latest or 0)
 
         for sessions in answers.values():
             for summary in sessions:

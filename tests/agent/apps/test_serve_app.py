@@ -80,9 +80,25 @@ def test_status_metrics_and_inspect_agree_with_what_the_app_runs(served: Running
     assert limits == {"work": 2.0, "peak": 5.0}
     status = runner.invoke(cli, ["status", "--url", served.url, "--token", token, "--json"])
     assert status.exit_code == 0, status.output
+    assert set(json.loads(status.stdout)["queue"]["events"]) == {"work", "peak"}
     inspected = runner.invoke(cli, ["inspect", str(COUNTING), "--set", "events.limits.work=2", "--json"])
     assert inspected.exit_code == 0, inspected.output
     assert {e["api_name"]: e["limit"] for e in json.loads(inspected.stdout)["events"]} == {"work": 2, "peak": 5}
+
+
+def test_sessions_list_shows_the_apps_sessions(served: RunningServer, session: httpx.Client) -> None:
+    call(session, "peak", [])
+    token = token_path(served.state_dir).read_text().strip()
+    listed = runner.invoke(cli, ["sessions", "list", "--url", served.url, "--token", token, "--json"])
+    assert listed.exit_code == 0, listed.output
+    sessions = json.loads(listed.stdout)
+    assert sessions and all(s["events"] >= 1 and s["state"] in ("running", "waiting", "idle") for s in sessions)
+    table = runner.invoke(cli, ["sessions", "list", "--url", served.url, "--token", token])
+    assert table.exit_code == 0 and "events" in table.stdout and sessions[0]["id"][:8] in table.stdout
+    metrics = httpx.get(f"{served.url}/metrics").text
+    active = [s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+              if s.name == "cmw_sessions_active"]
+    assert active == [float(len(sessions))]
 
 
 @pytest.mark.parametrize(
@@ -123,8 +139,13 @@ def test_workers_serve_the_app_given_as_the_argument(tmp_path: Path) -> None:
         outcomes = [raw_call(server.url, upper.fn_index, [f"w{n}"], f"sticky-{n}") for n in range(4)]
         assert [(o.ok, o.outputs) for o in outcomes] == [(True, [f"W{n}"]) for n in range(4)]
         token = token_path(server.state_dir).read_text().strip()
-        queue = httpx.get(f"{server.url}/admin/api/queue", headers={"Authorization": f"Bearer {token}"}).json()
+        admin = {"Authorization": f"Bearer {token}"}
+        queue = httpx.get(f"{server.url}/admin/api/queue", headers=admin).json()
+        sessions = httpx.get(f"{server.url}/admin/api/sessions", headers=admin).json()
+        killed = httpx.delete(f"{server.url}/admin/api/sessions/sticky-3", headers=admin)
     assert queue["events"]["tool_upper"]["limit"] == 4 and len(queue["workers"]) == 2  # each worker's pool of 2
+    assert {s["id"]: s["events"] for s in sessions} == {f"sticky-{n}": 1 for n in range(4)}  # every worker's
+    assert killed.json() == {"id": "sticky-3", "ended": "killed", "cancelled": 0}  # found on its worker
 
 
 @pytest.mark.services
