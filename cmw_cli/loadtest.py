@@ -105,6 +105,9 @@ def loadtest(
     ] = False,
     profile: ProfileOption = None,
     overrides: SetOption = None,
+    app_spec: Annotated[str | None, typer.Option(
+        "--app", help="With --spawn/--compare: serve this Gradio app (`cmw serve APP`: path/app.py[:attr] or "
+                      "module:attr) instead of cmw's agent.")] = None,
     users: Annotated[int | None, typer.Option(help="Virtual users [default: 10; open loop: unlimited].")] = None,
     turns: Annotated[int, typer.Option(help="Messages each user sends.")] = 3,
     rate: Annotated[float | None, typer.Option(help="Open loop: requests per second, Poisson arrivals.")] = None,
@@ -159,6 +162,7 @@ def loadtest(
         cmw loadtest --spawn -p balanced --users 12 --turns 3 --out run.json
         cmw loadtest --url http://127.0.0.1:7860 --rate 5 --duration 30 --slo 'ttft.p95<2s' --slo 'errors<1%'
         cmw loadtest --compare sequential,balanced,high-performance --users 10 --turns 2
+        cmw loadtest --spawn --app examples/chat_app.py -p balanced --users 16
     """
     from agent.loadtest.results import CompareResult
     from agent.loadtest.runner import Target
@@ -170,8 +174,10 @@ def loadtest(
         fail("--compare starts a server per profile: it cannot be used with --url")
     if not compare and bool(url) == bool(spawn):
         fail("give exactly one target: --url URL, or --spawn [-p PROFILE]")
-    if url and (profile or overrides):
-        fail("-p/--set configure a spawned server: use them with --spawn or --compare, not --url")
+    if url and (profile or overrides or app_spec):
+        fail("-p/--set/--app configure a spawned server: use them with --spawn or --compare, not --url")
+    if app_spec:
+        overrides = [*(overrides or []), f"server.app={_app_path(app_spec)}"]
     if url and not url.startswith(("http://", "https://")):
         fail(f"--url {url!r}: expected http://HOST:PORT[/path]")
     workload = Workload(
@@ -202,6 +208,14 @@ def loadtest(
     if admin_status not in ("ok", "no token given") and not quiet:
         err_console.print(f"admin queue figures skipped: {admin_status}", style="dim")
     _finish(result)
+
+
+def _app_path(spec: str) -> str:
+    """The app spec with its file made absolute, so the spawned server finds it whatever its directory."""
+    path, colon, attr = spec.rpartition(":") if spec.count(":") == 1 and not spec.startswith(":") else (spec, "", "")
+    if path.endswith(".py") and Path(path).is_file():
+        return str(Path(path).resolve()) + colon + attr
+    return spec
 
 
 def smoke(

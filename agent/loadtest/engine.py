@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 
 from agent.loadtest.connection import Connection, Origin
-from agent.loadtest.isolation import check_turn, make_canary
+from agent.loadtest.isolation import check_turn, make_canary, reflects_session
 from agent.loadtest.protocol import Endpoint, TurnResult, discover, run_turn, steps_of
 from agent.loadtest.results import AdminFigures, GeneratorReport, PrimeReport, TurnRecord
 from agent.loadtest.watch import AdminWatch, Monitor
@@ -154,6 +154,8 @@ class Engine:
                 **_agent_figures(result.history),
                 "violation": tuple(check_turn(canary=user.canary, sent=user.sent, confirmed=user.confirmed,
                                               reply=result.reply, history=result.history)),
+                "isolation_checked": reflects_session(canary=user.canary, sent=user.sent, reply=result.reply,
+                                                      history=result.history),
             }
             user.confirmed.append(message)
             if result.history is not None:

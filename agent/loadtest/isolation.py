@@ -42,6 +42,8 @@ def check_turn(
     """
     reasons: list[str] = []
     current = sent[-1]
+    if history is not None and not user_texts(history) and not any(is_step(m) for m in history):
+        history = None  # a chat that shows no user message at all says nothing about whose turns it holds
     if others := foreign_canaries(reply, canary):
         reasons.append(f"reply carries other sessions' canaries {', '.join(others)}")
     if history is not None:
@@ -69,6 +71,17 @@ def check_turn(
         if count != len(fps) or len(fps) > len(sent) or foreign or not _is_subsequence(expected_fps, fps):
             reasons.append(f"LLM saw turns fp={','.join(fps)}, expected {','.join(expected_fps)}")
     return reasons
+
+
+def reflects_session(*, canary: str, sent: list[str], reply: str, history: list[dict[str, Any]] | None) -> bool:
+    """Whether a completed turn shows what its session sent, so :func:`check_turn` had something to judge.
+
+    An app whose reply carries neither the user's canary nor a fingerprints header, and that returns no chat
+    history holding the user's message, could mix sessions without any turn showing it.
+    """
+    if canary in reply or parse_reply_header(reply) is not None:
+        return True
+    return history is not None and sent[-1] in user_texts(history)
 
 
 def _is_subsequence(needle: list[str], haystack: list[str]) -> bool:

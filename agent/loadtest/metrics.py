@@ -123,4 +123,5 @@ def summarize(
         error_rate=round(sum(errors.values()) / len(measured), 6) if measured else 0.0,
         isolation_violations=sum(1 for t in turns if t.violation),
         violating_sessions=tuple(sorted({t.session for t in turns if t.violation})),
+        isolation_checked=sum(1 for t in turns if t.ok and t.isolation_checked),
     )

@@ -81,9 +81,16 @@ def totals_table(result: RunResult) -> Table:
         table.add_row("agent", f"{summary.llm_calls_per_turn:.2f} LLM calls and {summary.tool_steps_per_turn:.2f} "
                                f"tool steps per turn, {summary.tool_s_per_turn * 1000:.1f} ms in tools per turn")
     violations = summary.isolation_violations
-    table.add_row("isolation", Text(f"{violations} violating turn(s) in sessions "
-                                    f"{', '.join(summary.violating_sessions)}" if violations else "held",
-                                    style="bold red" if violations else "green"))
+    if violations:
+        isolation = Text(f"{violations} violating turn(s) in sessions {', '.join(summary.violating_sessions)}",
+                         style="bold red")
+    elif summary.isolation_judged:
+        isolation = Text(f"held ({summary.isolation_checked} turns showed their own session's messages)",
+                         style="green")
+    else:
+        isolation = Text("cannot be judged: no reply or chat history showed what its session sent",
+                         style="bold yellow")
+    table.add_row("isolation", isolation)
     gen = meta.generator
     verdict = Text("INCONCLUSIVE: " + "; ".join(gen.reasons), style="bold yellow") if gen.inconclusive else \
         Text(f"cpu {gen.cpu_share:.0%} of a core, loop lag p99 {gen.loop_lag_ms['p99']} ms", style="dim")

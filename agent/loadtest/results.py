@@ -42,6 +42,7 @@ class TurnRecord:
     t_end: float | None = None
     t_start: float | None = None
     violation: tuple[str, ...] = ()
+    isolation_checked: bool = False  # its reply or history showed what the session sent (isolation judged)
     tool_steps: int = 0  # tool calls the agent made in this turn
     tool_s: float = 0.0  # seconds those steps took (summed; concurrent ones overlap)
 
@@ -66,6 +67,7 @@ class TurnRecord:
             "error": self.error,
             "detail": self.detail,
             "violation": list(self.violation),
+            "isolation_checked": self.isolation_checked,
             "tool_steps": self.tool_steps,
             "tool_s": _r(self.tool_s),
         }
@@ -131,6 +133,12 @@ class Summary:
     error_rate: float = 0.0
     isolation_violations: int = 0  # violating turns
     violating_sessions: tuple[str, ...] = ()
+    isolation_checked: int = 0  # completed turns whose reply or history showed what their session sent
+
+    @property
+    def isolation_judged(self) -> bool:
+        """Whether any turn gave isolation something to judge (an app that echoes nothing of a session cannot)."""
+        return self.isolation_checked > 0 or self.isolation_violations > 0
     slo: Mapping[str, SloResult] = field(default_factory=dict)  # expression → outcome
     # Agents: per completed turn, on average. LLM calls are counted as steps + 1, exact when each model call
     # asks for at most one tool (as the simulator's do); a model asking for several at once makes fewer.
@@ -167,6 +175,8 @@ class Summary:
             "error_rate": self.error_rate,
             "isolation_violations": self.isolation_violations,
             "violating_sessions": list(self.violating_sessions),
+            "isolation_checked": self.isolation_checked,
+            "isolation_judged": self.isolation_judged,
             "slo": {expr: result.to_dict() for expr, result in self.slo.items()},
             "tool_steps_per_turn": self.tool_steps_per_turn,
             "llm_calls_per_turn": self.llm_calls_per_turn,

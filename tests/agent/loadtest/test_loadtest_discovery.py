@@ -79,3 +79,27 @@ def test_loadtest_finds_a_plain_chat_interfaces_endpoint_without_api_name(chat_i
     doc = json.loads(result.stdout)
     assert doc["meta"]["endpoint"]["api_name"] == "respond"
     assert doc["summary"]["turns_completed"] == 4 and doc["summary"]["isolation_violations"] == 0
+    assert doc["summary"]["isolation_judged"] is True  # the ChatInterface's chatbot holds each session's messages
+
+
+@pytest.mark.server
+def test_spawn_app_serves_the_app_under_cmw_and_judges_isolation() -> None:
+    with running_simulator(SimSettings(ttft_ms=0, tokens_per_second=2000, reply_tokens=5, jitter=0), port=0) as sim:
+        result = runner.invoke(app, ["loadtest", "--spawn", "--app", "examples/chat_app.py", "-p", "balanced",
+                                     "--users", "3", "--turns", "2", "--json", "-q"],
+                               env={"CHAT_APP_LLM_URL": sim.base_url})
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["meta"]["target"]["spawned"] is True
+    assert any(item.endswith("examples/chat_app.py") for item in doc["meta"]["target"]["overrides"])
+    assert doc["summary"]["turns_completed"] == 6 and doc["summary"]["isolation_judged"] is True
+    assert doc["meta"]["admin"]["status"] == "ok"  # the spawned server's queue figures, read with its token
+
+
+@pytest.mark.server
+def test_the_report_says_when_isolation_cannot_be_judged() -> None:
+    forgetful = Path(__file__).resolve().parent / "forgetful_app.py"
+    result = runner.invoke(app, ["loadtest", "--spawn", "--app", str(forgetful), "--users", "2", "--turns", "2"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "cannot be judged" in result.stdout

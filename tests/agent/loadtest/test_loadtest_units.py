@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agent.app.ui import percentiles as app_percentiles
 from agent.fingerprints import reply_header
 from agent.loadtest.engine import RunData
-from agent.loadtest.isolation import check_turn, make_canary
+from agent.loadtest.isolation import check_turn, make_canary, reflects_session
 from agent.loadtest.metrics import describe, ideal_throughput, summarize
 from agent.loadtest.protocol import Endpoint, apply_diff, content_text, reply_of
 from agent.loadtest.results import (
@@ -141,6 +141,23 @@ def test_fingerprints_of_other_turns_are_a_violation() -> None:
     reply = reply_header([M1, "someone else"]) + " hi"
     reasons = check_turn(canary=CANARY, sent=[M1, M2], confirmed=[M1], reply=reply, history=None)
     assert len(reasons) == 1 and reasons[0].startswith("LLM saw turns")
+
+
+def test_a_chat_showing_no_user_message_is_no_evidence_either_way() -> None:
+    answers_only = [{"role": "assistant", "content": "noted"}]
+    assert check_turn(canary=CANARY, sent=[M1, M2], confirmed=[M1], reply="noted", history=answers_only) == []
+    assert not reflects_session(canary=CANARY, sent=[M1], reply="noted", history=answers_only)
+
+
+@pytest.mark.parametrize(
+    ("reply", "history", "judged"),
+    [(f"you said {CANARY}", None, True), ("ok", _history(M1), True), (reply_header([M1]) + " hi", None, True),
+     ("ok", None, False), ("ok", _history("someone else's message"), False)],
+)
+def test_a_turn_is_judged_when_its_reply_or_history_shows_what_it_sent(
+    reply: str, history: list[dict[str, Any]] | None, judged: bool
+) -> None:
+    assert reflects_session(canary=CANARY, sent=[M1], reply=reply, history=history) is judged
 
 
 def test_canaries_are_unique_per_user() -> None:
@@ -280,9 +297,10 @@ def test_a_run_result_gives_designs_json_document() -> None:
     assert list(doc["summary"]) == [
         "queue_wait", "ttft", "itl", "e2e", "turns_completed", "turns_failed", "turns_warmup", "tokens", "window_s",
         "window", "throughput_rps", "throughput_overall_rps", "tokens_per_s", "ideal_rps", "efficiency", "errors",
-        "error_rate", "isolation_violations", "violating_sessions", "slo",
+        "error_rate", "isolation_violations", "violating_sessions", "isolation_checked", "isolation_judged", "slo",
         "tool_steps_per_turn", "llm_calls_per_turn", "tool_s_per_turn"]
     assert doc["summary"]["slo"] == {"ttft.p95<2s": {"passed": True, "value": 1.0, "limit": 2.0}}
+    assert (doc["summary"]["isolation_checked"], doc["summary"]["isolation_judged"]) == (0, False)  # _turn: no echo
     assert doc["summary"]["errors"] == {"queue_full": 0, "timeout": 1, "app_error": 0, "disconnect": 0}
     assert doc["meta"]["admin"] == {"status": "ok", "samples": 2,
                                     "peak": {"chat": {"running": 2, "waiting": 1, "limit": 3}}, "chat_limit": 3}
