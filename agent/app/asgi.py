@@ -157,8 +157,9 @@ def create_app(
 def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
     """The app ``server.app`` names, loaded, with the profile's queue and per-event limits applied; and what
     its ``launch()`` carried that cmw passes on (auth, theme, css, …)."""
-    from agent.app.gradio_compat import cap_session_states
+    from agent.app.gradio_compat import cap_session_states, pace_streaming_events
     from agent.app.queue import QueueMonitor, apply_queue
+    from agent.app.streaming import paced
     from agent.apps.limits import apply_event_limits
     from agent.apps.loading import load_app
     from agent.apps.sessions import AppSessions
@@ -177,6 +178,7 @@ def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
     limits = apply_event_limits(demo, settings)
     cap_session_states(demo, max(100, settings.server.max_threads))
     apply_queue(demo, settings)
+    streams = pace_streaming_events(demo, lambda fn: paced(fn, ctx.pacer))
     named = {item.api_name or f"fn_{item.fn_index}": {"id": item.fn_index} for item in limits}
     ctx.monitor = QueueMonitor(demo, named)
     ctx.app_sessions = AppSessions(demo, {dep["id"]: name for name, dep in named.items()},
@@ -185,7 +187,7 @@ def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
     for warning in served.overridden:
         log.warning("%s", warning)
         ctx.loaded.warnings.append(warning)
-    ctx.startup_log.append(f"app {served.spec} ({served.name}): {len(limits)} events")
+    ctx.startup_log.append(f"app {served.spec} ({served.name}): {len(limits)} events, {streams} streaming")
     return demo, dict(served.launch_kwargs)
 
 

@@ -363,3 +363,15 @@ async def cancel_session_events(demo: Any, session_hash: str, reason: str) -> in
                 app.iterators.pop(event._id, None)
                 app.iterators_to_reset.add(event._id)
     return len(events)
+
+
+def pace_streaming_events(demo: Any, wrap: Callable[[Any], Any]) -> int:
+    """Replace each generator event's function by ``wrap(fn)`` (a generator function of the same kind, keeping
+    the signature through ``__wrapped__``); the number wrapped. Gradio keeps the function on its BlockFunction
+    and decides how to run it (thread or loop, streaming or not) from that function when it calls it."""
+    wrapped = 0
+    for fn in demo.fns.values():
+        if fn.types_generator and fn.fn is not None:
+            fn.fn = wrap(fn.fn)
+            wrapped += 1
+    return wrapped

@@ -158,3 +158,69 @@ class ReplyStream:
                     await pump
         if self._error is not None:
             raise self._error
+
+
+# ---------------------------------------------------------------------------------------------- an app's streams
+# An operator's app streams by yielding from its own generators; Gradio turns every yield into an update. cmw
+# cannot read the app's LLM stream by its own task, as it does for its agent, but it can drop the updates a
+# viewer would not see: a yielded value is passed on only when the stream's interval has passed since the last
+# one (the first at once, the last always), under the same budget. A value dropped just before the generator
+# pauses shows with its next value or its end, so an app that yields a status and then waits a long time should
+# yield it last or use stream.coalesce_ms = 0.
+
+
+def paced(fn: Any, pacer: UpdatePacer) -> Any:
+    """``fn`` (a generator function, sync or async) yielding only the values the pacer lets through."""
+    import functools
+    import inspect
+    import threading
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def paced_async(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            pacer.active += 1
+            source = fn(*args, **kwargs)
+            try:
+                last, held, holding = float("-inf"), None, False
+                async for value in source:
+                    now = time.monotonic()
+                    if now - last >= pacer.interval():
+                        holding = False
+                        yield value
+                        last = time.monotonic()
+                    else:
+                        held, holding = value, True
+                if holding:
+                    yield held
+            finally:
+                pacer.active -= 1
+                await source.aclose()
+
+        return paced_async
+
+    lock = threading.Lock()  # a sync generator advances in Gradio's worker threads
+
+    @functools.wraps(fn)
+    def paced_sync(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            pacer.active += 1
+        source = fn(*args, **kwargs)
+        try:
+            last, held, holding = float("-inf"), None, False
+            for value in source:
+                now = time.monotonic()
+                if now - last >= pacer.interval():
+                    holding = False
+                    yield value
+                    last = time.monotonic()
+                else:
+                    held, holding = value, True
+            if holding:
+                yield held
+        finally:
+            with lock:
+                pacer.active -= 1
+            source.close()
+
+    return paced_sync

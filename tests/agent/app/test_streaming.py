@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agent.app.llm import Delta, LLMError
-from agent.app.streaming import ReplyStream, UpdatePacer
+from agent.app.streaming import ReplyStream, UpdatePacer, paced
 
 
 async def deltas(*texts: str, tokens: int | None = None, fail: Exception | None = None) -> AsyncIterator[Delta]:
@@ -118,3 +118,56 @@ async def test_a_consumer_that_goes_away_cancels_the_llm_request() -> None:
     await updates.aclose()  # the user pressed Stop, or the browser went away
     await asyncio.wait_for(closed.wait(), 10)
     assert pacer.active == 0
+
+
+# --------------------------------------------------------------------------- an operator's app's streams
+
+
+async def _count_up(n: int, request: object = None):  # type: ignore[no-untyped-def]
+    for i in range(1, n + 1):
+        yield i
+
+
+def _count_up_sync(n: int, request: object = None):  # type: ignore[no-untyped-def]
+    yield from range(1, n + 1)
+
+
+async def test_an_apps_stream_passes_the_first_and_last_values_and_drops_what_comes_too_fast() -> None:
+    pacer = UpdatePacer(min_interval_s=60.0, max_updates_per_s=1000)
+    assert [v async for v in paced(_count_up, pacer)(500)] == [1, 500]
+    assert list(paced(_count_up_sync, pacer)(500)) == [1, 500]
+    assert pacer.active == 0  # every stream gave back its share of the budget
+
+
+async def test_with_no_interval_every_value_passes() -> None:
+    pacer = UpdatePacer(min_interval_s=0.0, max_updates_per_s=10**9)
+    assert [v async for v in paced(_count_up, pacer)(50)] == list(range(1, 51))
+    assert list(paced(_count_up_sync, pacer)(50)) == list(range(1, 51))
+
+
+def test_a_paced_stream_keeps_the_apps_signature_for_gradio() -> None:
+    import inspect
+
+    pacer = UpdatePacer(min_interval_s=0.1, max_updates_per_s=250)
+    for fn in (_count_up, _count_up_sync):
+        wrapped = paced(fn, pacer)
+        assert inspect.signature(wrapped) == inspect.signature(fn)
+        assert inspect.isasyncgenfunction(wrapped) == inspect.isasyncgenfunction(fn)
+        assert inspect.isgeneratorfunction(wrapped) == inspect.isgeneratorfunction(fn)
+
+
+async def test_closing_a_paced_stream_closes_the_apps_generator() -> None:
+    closed: list[bool] = []
+
+    async def endless():  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                yield "x"
+        finally:
+            closed.append(True)
+
+    pacer = UpdatePacer(min_interval_s=0.0, max_updates_per_s=10**9)
+    stream = paced(endless, pacer)()
+    assert await stream.__anext__() == "x"
+    await stream.aclose()
+    assert closed == [True] and pacer.active == 0
