@@ -171,10 +171,12 @@ def haproxy_config(
             "    # records it; every later request of the session (stream, heartbeat, joins) follows the record.",
             "    # Only joins record: a client opens the event stream after its join has answered, so the record",
             "    # is always there in time, while a heartbeat racing the first join never decides the worker.",
+            "    # Gradio's /call API carries no session hash: its POST records the client address, so the GET",
+            "    # that reads the event's result reaches the worker that queued it.",
             "    balance leastconn",
             "    stick-table type string len 128 size 1m expire 7d",
             "    stick match var(txn.cmw_key)",
-            "    stick store-request var(txn.cmw_key) if METH_POST { path_reg /gradio_api/queue/join/?$ }",
+            "    stick store-request var(txn.cmw_key) if METH_POST { path_reg /gradio_api/(queue/join/?|call/.+)$ }",
         ]
     else:
         lines += [

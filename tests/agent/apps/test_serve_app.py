@@ -139,12 +139,17 @@ def test_workers_serve_the_app_given_as_the_argument(tmp_path: Path) -> None:
         outcomes = [raw_call(server.url, upper.fn_index, [f"w{n}"], f"sticky-{n}") for n in range(4)]
         assert [(o.ok, o.outputs) for o in outcomes] == [(True, [f"W{n}"]) for n in range(4)]
         token = token_path(server.state_dir).read_text().strip()
+        with httpx.Client(base_url=server.url, timeout=30) as client:  # /call: no session hash, one client
+            called = [call(client, "tool_upper", [f"c{n}"]) for n in range(4)]
+        assert called == [[f"C{n}"] for n in range(4)]
         admin = {"Authorization": f"Bearer {token}"}
         queue = httpx.get(f"{server.url}/admin/api/queue", headers=admin).json()
         sessions = httpx.get(f"{server.url}/admin/api/sessions", headers=admin).json()
         killed = httpx.delete(f"{server.url}/admin/api/sessions/sticky-3", headers=admin)
     assert queue["events"]["tool_upper"]["limit"] == 4 and len(queue["workers"]) == 2  # each worker's pool of 2
-    assert {s["id"]: s["events"] for s in sessions} == {f"sticky-{n}": 1 for n in range(4)}  # every worker's
+    listed = {s["id"]: s["events"] for s in sessions}  # every worker's: the sticky ones and the /call ones
+    assert {k: v for k, v in listed.items() if k.startswith("sticky-")} == {f"sticky-{n}": 1 for n in range(4)}
+    assert len(listed) == 8
     assert killed.json() == {"id": "sticky-3", "ended": "killed", "cancelled": 0}  # found on its worker
 
 
