@@ -59,12 +59,17 @@ class AppSessionSummary(BaseModel):
     """A Gradio session of an operator's app (`cmw serve APP`): what its queue saw of it."""
 
     id: str = Field(description="The Gradio session hash.")
-    state: Literal["running", "waiting", "idle"]
+    state: Literal["running", "idle"] = Field(description="running: it has events queued or running now.")
     first_seen: float = Field(description="Unix time of its first event.")
     last_seen: float = Field(description="Unix time of its latest event.")
     events: int = Field(description="Events it has run (queued, counted at the join).")
     running: int = Field(description="Its events running now.")
     waiting: int = Field(description="Its events waiting in the queue now.")
+    created: float = Field(description="= first_seen (the key every session row has).")
+    last_active: float = Field(description="= last_seen.")
+    turns: int = Field(description="= events.")
+    provider: None = Field(description="An app's LLM is its own business: null.")
+    model: None = Field(description="null.")
 
 
 class AppSessionDetail(AppSessionSummary):

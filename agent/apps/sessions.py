@@ -106,13 +106,12 @@ class AppSessions:
         }
 
     def summaries(self, offset: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """A page of sessions: running first, then waiting, then idle; most recently seen first in each."""
+        """A page of sessions: those with events in flight first, then idle; most recently seen first in each."""
         from agent.app.gradio_compat import session_jobs
 
         busy = session_jobs(self.demo)
         rows = [self._summary(s, busy.get(s.id)) for s in reversed(self._sessions.values())]
-        order = {"running": 0, "waiting": 1, "idle": 2}
-        rows.sort(key=lambda row: order[row["state"]])  # stable: recency kept within a state
+        rows.sort(key=lambda row: row["state"] != "running")  # stable: recency kept within a state
         return rows[offset: offset + limit]
 
     def detail(self, session_hash: str) -> dict[str, Any] | None:
@@ -148,10 +147,16 @@ class AppSessions:
         waiting = len(jobs.waiting) if jobs else 0
         return {
             "id": session.id,
-            "state": "running" if running else "waiting" if waiting else "idle",
+            "state": "running" if running or waiting else "idle",  # running: events in flight (queued or run)
             "first_seen": session.first_seen,
             "last_seen": session.last_seen,
             "events": session.events,
             "running": running,
             "waiting": waiting,
+            # The keys every `cmw sessions list --json` row carries (DESIGN.md), in an app's terms:
+            "created": session.first_seen,
+            "last_active": session.last_seen,
+            "turns": session.events,
+            "provider": None,
+            "model": None,
         }
