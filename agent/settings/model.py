@@ -279,6 +279,17 @@ class SimSettings(_Group):
     tool_call_rate: float = _key(
         0.0, "Share of user turns answered with a tool call when the request offers tools.", ge=0, le=1
     )
+    capacity: int = _key(
+        0, "Streams served at full speed; beyond it the total token rate stays capacity × tokens_per_second, "
+        "shared, as a batching inference server behaves (0 = unlimited).", ge=0, le=100_000,
+    )
+
+
+class UiSettings(_Group):
+    language: Literal["auto", "en", "ru"] = _key(
+        "auto", "Language of the UI and the dashboard: auto follows the browser's (English unless it prefers "
+        "Russian).",
+    )
 
 
 class Settings(BaseModel):
@@ -301,6 +312,7 @@ class Settings(BaseModel):
     llm: LLMSettings = Field(default_factory=LLMSettings, description="LLM provider.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent behind the chat.")
     admin: AdminSettings = Field(default_factory=AdminSettings, description="Admin API.")
+    ui: UiSettings = Field(default_factory=UiSettings, description="User interface.")
     sim: SimSettings = Field(default_factory=SimSettings, description="Embedded OpenAI-compatible simulator.")
 
     def get(self, key: str) -> Any:
