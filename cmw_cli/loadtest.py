@@ -36,7 +36,8 @@ def _live(quiet: bool, label: str = "") -> LiveFactory | None:
     return factory
 
 
-def _emit(result: Outcome, *, as_json: bool, out: Path | None, plot: Path | None, quiet: bool) -> None:
+def _emit(result: Outcome, *, as_json: bool, out: Path | None, plot: Path | None, quiet: bool,
+          html_out: Path | None = None) -> None:
     from agent.loadtest import report
     from agent.loadtest.results import CompareResult
 
@@ -44,6 +45,10 @@ def _emit(result: Outcome, *, as_json: bool, out: Path | None, plot: Path | None
         report.write_json(result, out)
     if plot is not None:
         report.write_plot(result, plot)
+    if html_out is not None:
+        from agent.loadtest.html import write_html
+
+        write_html(result, html_out)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     if quiet:
@@ -56,7 +61,7 @@ def _emit(result: Outcome, *, as_json: bool, out: Path | None, plot: Path | None
         for check in result.smoke.checks if result.smoke is not None else ():
             mark = "[green]pass[/]" if check.passed else "[bold red]FAIL[/]"
             shown.print(f"{mark}  {check.check}: {check.detail}", highlight=False)
-    for path in (out, plot):
+    for path in (out, plot, html_out):
         if path is not None:
             shown.print(f"wrote {path}", style="dim", highlight=False)
 
@@ -128,7 +133,10 @@ def loadtest(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the JSON report (every turn) here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of latency over time and spread.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write a PNG: latency over time, TTFT/end-to-end spread, server queue, errors.")] = None,
+    html_out: Annotated[Path | None, typer.Option(
+        "--html", help="Write one self-contained HTML report (opens offline; share it as a file).")] = None,
     compare: Annotated[
         str | None,
         typer.Option(help="Same workload per profile on spawned servers, e.g. sequential,balanced,high-performance."),
@@ -161,7 +169,7 @@ def loadtest(
     Example usage:
         cmw loadtest --spawn -p balanced --users 12 --turns 3 --out run.json
         cmw loadtest --url http://127.0.0.1:7860 --rate 5 --duration 30 --slo 'ttft.p95<2s' --slo 'errors<1%'
-        cmw loadtest --compare sequential,balanced,high-performance --users 10 --turns 2
+        cmw loadtest --compare sequential,balanced,high-performance --users 10 --turns 2 --html report.html
         cmw loadtest --spawn --app examples/chat_app.py -p balanced --users 16
     """
     from agent.loadtest.results import CompareResult
@@ -180,6 +188,9 @@ def loadtest(
         overrides = [*(overrides or []), f"server.app={_app_path(app_spec)}"]
     if url and not url.startswith(("http://", "https://")):
         fail(f"--url {url!r}: expected http://HOST:PORT[/path]")
+    for flag, path in (("--out", out), ("--plot", plot), ("--html", html_out)):
+        if path is not None and not path.parent.is_dir():  # before the run, not after minutes of load
+            fail(f"{flag} {path}: no directory {path.parent}")
     workload = Workload(
         users=users if users is not None else (0 if rate is not None else 10), turns=turns, rate=rate,
         duration=duration if duration is not None else (60.0 if rate is not None else 300.0),
@@ -203,7 +214,7 @@ def loadtest(
                         api_name=api_name)
         result = _guarded(lambda: run_loadtest(target, workload, slos=list(slo or []), chat_limit=chat_limit,
                                                service_time=service_time, live=_live(quiet)))
-    _emit(result, as_json=as_json, out=out, plot=plot, quiet=quiet)
+    _emit(result, as_json=as_json, out=out, plot=plot, quiet=quiet, html_out=html_out)
     admin_status = (result.runs[0] if isinstance(result, CompareResult) else result).meta.admin.status
     if admin_status not in ("ok", "no token given") and not quiet:
         err_console.print(f"admin queue figures skipped: {admin_status}", style="dim")

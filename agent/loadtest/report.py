@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -140,33 +141,100 @@ def write_json(result: Outcome, path: Path) -> None:
 
 
 def write_plot(result: Outcome, path: Path) -> None:
-    """Latency over time (per turn) and the latency distributions, one PNG."""
+    """One PNG with what the HTML report shows: per run, latency over time, the TTFT/end-to-end distribution, the
+    server's in-flight and queue (admin figures), and errors over time. ``--compare`` gives each profile a column,
+    rows sharing their scales so the profiles compare at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result.runs if isinstance(result, CompareResult) else (result,)
-    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 3.6 * len(runs)), squeeze=False)
-    for (over_time, spread), run in zip(axes, runs, strict=True):
-        turns = [t for t in run.turns if t.ok and not t.warmup]
-        failed = [t for t in run.turns if not t.ok]
-        for key, colour in (("e2e", "tab:blue"), ("ttft", "tab:orange"), ("queue_wait", "tab:green")):
-            points = [(t.t_join, getattr(t, key)) for t in turns if getattr(t, key) is not None]
-            if points:
-                over_time.scatter(*zip(*points, strict=True), s=8, alpha=0.6, color=colour, label=key)
-        if failed:
-            over_time.scatter([t.t_join for t in failed], [0] * len(failed), marker="x", color="red",
-                              label="failed")
-        over_time.set(title=f"{run.label}: latency over time", xlabel="submitted at (s from start)",
-                      ylabel="seconds")
-        over_time.legend(loc="upper left", fontsize="small")
-        samples = {key: [getattr(t, key) for t in turns if getattr(t, key) is not None] for key in ("ttft", "e2e")}
-        samples = {k: v for k, v in samples.items() if v}
-        if samples:
-            spread.hist(list(samples.values()), bins=30, label=list(samples), alpha=0.8)
-            spread.legend(fontsize="small")
-        spread.set(title=f"{run.label}: distribution", xlabel="seconds", ylabel="turns")
+    from agent.loadtest.html import runs_of
+
+    runs = runs_of(result)
+    if len(runs) == 1:
+        fig, axes = plt.subplots(2, 2, figsize=(13, 7.5))
+        columns = [list(axes.flat)]
+    else:
+        fig, axes = plt.subplots(4, len(runs), figsize=(5.4 * len(runs), 13), squeeze=False, sharex="row",
+                                 sharey="row")
+        columns = [list(axes[:, i]) for i in range(len(runs))]
+    for run, (over_time, spread, server, errors) in zip(runs, columns, strict=True):
+        _plot_latency(run, over_time)
+        _plot_spread(run, spread)
+        _plot_server(run, server)
+        _plot_errors(run, errors)
+    if isinstance(result, CompareResult):
+        speedups = ", ".join(f"{row.profile} {row.speedup:.2f}×" for row in result.rows if row.speedup is not None)
+        fig.suptitle(f"same workload per profile; throughput speed-up vs {result.baseline}: {speedups}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_latency(run: RunResult, ax: Any) -> None:
+    from agent.loadtest.html import ERROR_COLORS, LATENCY_COLORS, LATENCY_NAMES, failures, latency_points, seconds
+
+    for key in ("e2e", "ttft", "queue_wait"):
+        points = latency_points(run, key)
+        if points:
+            ax.scatter(*zip(*points, strict=True), s=8, alpha=0.6, color=LATENCY_COLORS[key], label=LATENCY_NAMES[key])
+    for cls, times in failures(run).items():
+        ax.scatter(times, [0] * len(times), marker="x", color=ERROR_COLORS.get(cls, "red"), label=f"failed: {cls}")
+    s = run.summary
+    ax.set_title(f"{run.label}\n{s.throughput_rps:.2f} turns/s · TTFT p95 {seconds(s.ttft.p95)} · "
+                 f"e2e p95 {seconds(s.e2e.p95)} · {s.error_count} errors", fontsize=10)
+    ax.set(xlabel="submitted at (s from start)", ylabel="latency per turn (s)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize="small")
+
+
+def _plot_spread(run: RunResult, ax: Any) -> None:
+    from agent.loadtest.html import LATENCY_COLORS, latency_samples
+
+    samples = {name: values for name, key in (("TTFT", "ttft"), ("end-to-end", "e2e"))
+               if (values := latency_samples(run, key))}
+    if samples:
+        ax.hist(list(samples.values()), bins=30, label=list(samples), alpha=0.8,
+                color=[LATENCY_COLORS["ttft" if n == "TTFT" else "e2e"] for n in samples])
+        ax.legend(fontsize="small")
+    ax.set(title=f"{run.label}: TTFT and end-to-end distribution", xlabel="seconds", ylabel="turns")
+
+
+def _plot_server(run: RunResult, ax: Any) -> None:
+    from agent.loadtest.html import queue_series
+
+    admin = run.meta.admin
+    ax.set(title=f"{run.label}: server in-flight and queue", xlabel="seconds from start", ylabel="events")
+    busy = queue_series(run)
+    if not busy:
+        why = f"no server figures: {admin.status}" if admin.status != "ok" else \
+            f"no event running or waiting in {admin.samples} samples"
+        ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, wrap=True, color="#666")
+        return
+    for event, points in busy.items():
+        times = [p.t for p in points]
+        ax.step(times, [p.running for p in points], where="post", label=f"{event} running")
+        ax.step(times, [p.waiting for p in points], where="post", label=f"{event} waiting")
+        limits = [(p.t, p.limit) for p in points if p.limit is not None]
+        if limits:
+            ax.step(*zip(*limits, strict=True), where="post", linestyle="--", color="#555", label=f"{event} limit")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize="small")
+
+
+def _plot_errors(run: RunResult, ax: Any) -> None:
+    from agent.loadtest.html import ERROR_COLORS, failures
+
+    ax.set(title=f"{run.label}: failed turns over time", xlabel="submitted at (s from start)", ylabel="turns")
+    failed = failures(run)
+    if not failed:
+        ax.text(0.5, 0.5, "no turn failed", ha="center", va="center", transform=ax.transAxes, color="#2e7d32")
+        return
+    end = max([run.meta.duration_s, *(t for times in failed.values() for t in times)])
+    ax.hist(list(failed.values()), bins=30, range=(0, end or 1), stacked=True, label=list(failed),
+            color=[ERROR_COLORS.get(c, "red") for c in failed])
+    ax.legend(fontsize="small")

@@ -211,6 +211,22 @@ class EventPeak:
 
 
 @dataclass(frozen=True)
+class QueuePoint:
+    """One event's running/waiting/limit at ``t`` seconds from the start of the run.
+
+    When the run outgrew the series' bound, a point stands for several polls: their highest running and waiting.
+    """
+
+    t: float
+    running: int | float = 0
+    waiting: int | float = 0
+    limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"t": _r(self.t), "running": self.running, "waiting": self.waiting, "limit": self.limit}
+
+
+@dataclass(frozen=True)
 class AdminFigures:
     """What the server's ``/admin/api/queue`` showed during the run; ``status`` is "ok" or why it was skipped."""
 
@@ -219,10 +235,14 @@ class AdminFigures:
     peak: Mapping[str, EventPeak] = field(default_factory=dict)  # event name → peak
     workers: Mapping[str, Mapping[str, EventPeak]] = field(default_factory=dict)  # `--workers N`: per worker
     chat_limit: int | None = None
+    # event name → its figures over time (bounded; events that never ran or waited are left out, see ``peak``)
+    series: Mapping[str, tuple[QueuePoint, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "samples": self.samples,
                                "peak": {name: p.to_dict() for name, p in self.peak.items()}}
+        if self.series:
+            out["series"] = {name: [p.to_dict() for p in points] for name, points in self.series.items()}
         if self.workers:
             out["workers"] = {w: {name: p.to_dict() for name, p in events.items()}
                               for w, events in self.workers.items()}

@@ -1,7 +1,8 @@
 """What runs beside the load: the generator watching itself, and the server's own queue figures.
 
 The generator's CPU share and event-loop lag say whether a run measured the server or the generator; the admin
-API's running/waiting/limit per event (cmw servers) says whether the server kept its limits under that load.
+API's running/waiting/limit per event (cmw servers) says whether the server kept its limits under that load, and
+its series over time shows when the queue built up (the HTML report and the plot draw it).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 import httpx
 
 from agent.loadtest.metrics import describe
-from agent.loadtest.results import AdminFigures, EventPeak, GeneratorReport
+from agent.loadtest.results import AdminFigures, EventPeak, GeneratorReport, QueuePoint
 from agent.stats import percentile
 
 CPU_LIMIT = 0.8  # share of one core above which the generator may have slowed the figures down
 LAG_LIMIT_S = 0.05  # event-loop lag p99 above which timestamps are late by more than we can ignore
 TICK_S = 0.01
+SERIES_POINTS = 1000  # per event: a 0.25 s poll fills it in ~4 min; longer runs merge neighbouring points
 
 
 class Monitor:
@@ -70,6 +72,8 @@ class AdminWatch:
         self.worker_peaks: dict[str, dict[str, EventPeak]] = {}  # `cmw serve --workers N`: per worker
         self.samples = 0
         self.status = "no token given" if token is None else "not polled"
+        self.series = QueueSeries()
+        self._t0 = time.perf_counter()
         self._task: asyncio.Task[None] | None = None
 
     async def poll_once(self) -> bool:
@@ -94,6 +98,7 @@ class AdminWatch:
         self.samples += 1
         self.status = "ok"
         _record_peaks(self.peak, events)
+        self.series.add(time.perf_counter(), events)
         workers = body.get("workers") if isinstance(body, dict) else None
         for worker in workers if isinstance(workers, list) else []:
             if isinstance(worker, dict) and "error" not in worker:
@@ -107,20 +112,77 @@ class AdminWatch:
             await asyncio.sleep(self.interval)
 
     async def start(self) -> None:
+        """First poll, then the poller; the series' clock starts on return, where ``run_workload`` starts the run's."""
         if self.token is not None and await self.poll_once():
             self._task = asyncio.create_task(self._loop())
+        self._t0 = time.perf_counter()
 
     async def stop(self) -> AdminFigures:
         await _cancel(self._task)
         return AdminFigures(status=self.status, samples=self.samples, peak=dict(self.peak),
                             workers={w: dict(events) for w, events in self.worker_peaks.items()},
-                            chat_limit=self.chat_limit())
+                            chat_limit=self.chat_limit(), series=self.series.points(self._t0))
 
     def chat_limit(self) -> int | None:
         for name, peak in self.peak.items():
             if "chat" in name and isinstance(peak.limit, int):
                 return peak.limit
         return None
+
+
+class QueueSeries:
+    """The server's running/waiting/limit per event over time, in bounded memory whatever the run's length.
+
+    Each point covers ``stride`` polls and keeps their highest running and waiting (a short burst stays visible);
+    when the points outgrow ``bound``, neighbours merge pairwise and the stride doubles.
+    """
+
+    def __init__(self, bound: int = SERIES_POINTS) -> None:
+        self.bound = bound
+        self.stride = 1
+        self._fill = 0  # polls in the last point
+        self._points: list[tuple[float, dict[str, QueuePoint]]] = []  # (perf_counter of its first poll, events)
+
+    def add(self, at: float, events: dict[str, dict[str, Any]]) -> None:
+        sample = {name: QueuePoint(at, _number(f.get("running")), _number(f.get("waiting")),
+                                   f["limit"] if isinstance(f.get("limit"), int) else None)
+                  for name, f in events.items()}
+        if self._points and self._fill < self.stride:
+            self._points[-1] = _merge(self._points[-1], (at, sample))
+            self._fill += 1
+        else:
+            self._points.append((at, sample))
+            self._fill = 1
+        if len(self._points) > self.bound:
+            pairs = zip(self._points[::2], self._points[1::2], strict=False)
+            merged = [_merge(a, b) for a, b in pairs]
+            if len(self._points) % 2:
+                merged.append(self._points[-1])
+            self._points, self.stride, self._fill = merged, self.stride * 2, self.stride * 2
+
+    def points(self, t0: float) -> dict[str, tuple[QueuePoint, ...]]:
+        """Per event that ever ran or waited, its points with times in seconds from ``t0`` (the run's start)."""
+        out: dict[str, list[QueuePoint]] = {}
+        for at, events in self._points:
+            for name, p in events.items():
+                out.setdefault(name, []).append(QueuePoint(round(max(0.0, at - t0), 6), p.running, p.waiting,
+                                                           p.limit))
+        return {name: tuple(points) for name, points in out.items() if any(p.running or p.waiting for p in points)}
+
+
+def _number(value: Any) -> int | float:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _merge(a: tuple[float, dict[str, QueuePoint]], b: tuple[float, dict[str, QueuePoint]]) -> \
+        tuple[float, dict[str, QueuePoint]]:
+    """Two neighbouring points as one: the first's time, the highs of both, the latest known limit."""
+    events = dict(a[1])
+    for name, q in b[1].items():
+        p = events.get(name)
+        events[name] = q if p is None else QueuePoint(p.t, max(p.running, q.running), max(p.waiting, q.waiting),
+                                                      q.limit if q.limit is not None else p.limit)
+    return a[0], events
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
