@@ -1,4 +1,4 @@
-"""A small client for the admin API, shared by `cmw status` and `cmw sessions`.
+"""A small client for the admin API, shared by `cmw status`, `cmw sessions` and `cmw config show|set --url`.
 
 It turns every way a request can fail into one line and the exit code of DESIGN.md: unreachable → 4
 naming the URL, 401/403 → 2 saying where the token comes from, unknown session → 2. httpx and the
@@ -38,19 +38,23 @@ class AdminClient:
     token_source: str  # where the token came from, for the 401/403 message
     timeout: float = TIMEOUT_S
 
-    def get(self, path: str) -> Any:
-        return self._request("GET", path)
+    def get(self, path: str, *, missing_ok: bool = False) -> Any:
+        """The answer of GET ``path``; with ``missing_ok``, None from a server without that route (an older cmw)."""
+        return self._request("GET", path, missing_ok=missing_ok)
 
     def delete(self, path: str) -> Any:
         return self._request("DELETE", path)
 
-    def _request(self, method: str, path: str) -> Any:
+    def put(self, path: str, body: Any) -> Any:
+        return self._request("PUT", path, body=body)
+
+    def _request(self, method: str, path: str, *, body: Any = None, missing_ok: bool = False) -> Any:
         import httpx
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         target = f"{self.url}/admin/api/{path.lstrip('/')}"
         try:
-            response = httpx.request(method, target, headers=headers, timeout=self.timeout)
+            response = httpx.request(method, target, headers=headers, timeout=self.timeout, json=body)
         except httpx.TimeoutException:
             fail(f"the cmw server at {self.url} did not answer within {self.timeout:g} s", Exit.UNREACHABLE)
         except httpx.HTTPError as exc:
@@ -62,10 +66,19 @@ class AdminClient:
             fail(f"{self.url} refused the admin token from {self.token_source}; pass the server's token with --token")
         if response.status_code == 404 and path.startswith("sessions/"):
             fail(f"no session {path.partition('/')[2]!r} on {self.url}")
+        detail = _detail(response)
+        if response.status_code == 404 and missing_ok and detail == "Not Found":
+            return None
+        if path.startswith("limits/") and response.status_code in (404, 409, 422) and detail != "Not Found":
+            fail(f"{self.url} refused the change: {detail}")  # unknown event, master switch off, out of range
+        if path.startswith("limits") and response.status_code == 404:
+            fail(f"{self.url} has no live limit changes (HTTP 404 for {target}); it runs an older cmw",
+                 Exit.UNREACHABLE)
         if response.status_code == 404:
             fail(f"{self.url} has no cmw admin API (HTTP 404 for {target})", Exit.UNREACHABLE)
         if response.status_code >= 400:
-            fail(f"{self.url} answered HTTP {response.status_code} for {method} {target}", Exit.UNREACHABLE)
+            fail(f"{self.url} answered HTTP {response.status_code} for {method} {target}"
+                 + (f": {detail}" if detail else ""), Exit.UNREACHABLE)
         try:
             return response.json()
         except ValueError:
@@ -73,6 +86,17 @@ class AdminClient:
 
     def _tried(self) -> str:
         return f" (no token found; looked in {self.token_source})" if not self.token else ""
+
+
+def _detail(response: Any) -> str:
+    """The ``detail`` of an error answer as one line (FastAPI's list of invalid fields joined), else ''."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return ""
+    if isinstance(detail, list):
+        return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+    return str(detail) if detail is not None else ""
 
 
 def _reason(exc: Exception) -> str:

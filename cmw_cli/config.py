@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cmw_cli.client import TokenOption, UrlOption
 from cmw_cli.common import Exit, JsonOption, ProfileOption, SetOption, console, fail, load_or_exit, warn
 
 if TYPE_CHECKING:
@@ -109,25 +110,50 @@ def show(
     profile: ProfileOption = None,
     set_: SetOption = None,
     as_json: JsonOption = False,
+    url: Annotated[str | None, typer.Option(
+        "--url", help="Show a running server's effective settings instead (sources include `live`).",
+    )] = None,
+    token: TokenOption = None,
 ) -> None:
     """Effective settings: every key's value, where it came from, what it allows and what it does.
 
     Precedence, highest first: --set > environment > .env > profile > defaults. Secrets are masked.
-    Warnings about settings that cannot take effect go to stderr.
+    Warnings about settings that cannot take effect go to stderr. With --url (or --token), the settings a
+    running server runs with, from its admin API: a limit changed there shows as source `live`.
 
     \b
     Example usage:
         cmw config show -p high-performance
         CHAT_CONCURRENCY_LIMIT=7 cmw config show --json
+        cmw config show --url http://127.0.0.1:7860
     """
+    if url is not None or token is not None:
+        if profile is not None or set_:
+            fail("-p/--set shape the local settings; --url shows what the running server runs with: give one or "
+                 "the other")
+        from cmw_cli.client import connect
+
+        client = connect(url, token)
+        described = client.get("config")
+        if as_json:
+            _print_json(described)
+            return
+        profile_name = (client.get("health") or {}).get("profile")
+        _print_settings(described, f"server {client.url}: profile {profile_name}")
+        return
     loaded = load_or_exit(profile, set_)
     described = loaded.describe()
     if as_json:
         _print_json(described)
         return
+    _print_settings(described, f"profile {loaded.profile_name}: {_pretty_path(loaded.profile_path or '-')}")
+
+
+def _print_settings(described: dict[str, dict[str, Any]], title: str) -> None:
+    """The table of `config show`: local or a server's, the same columns."""
     from rich.text import Text
 
-    table = _table(f"profile {loaded.profile_name}: {_pretty_path(loaded.profile_path or '-')}")
+    table = _table(title)
     # A wide terminal gets a column per field; a narrow one stacks description under key, allowed under value.
     # Cells are Text, not markup: parsing markup for ~250 cells is a visible share of start-up time.
     wide = console.width >= 150
@@ -469,3 +495,90 @@ def path(as_json: JsonOption = False) -> None:
         exists = "yes" if Path(where).exists() else "no"
         table.add_row(notes[key], escape(where), exists)
     console.print(table)
+
+
+LIVE_KEYS_HELP = ("events.<event>_concurrency_limit (events: {events}) or events.limits.<api name> (an app's "
+                  "event)")
+
+
+@app.command("set")
+def set_live(
+    assignment: Annotated[str, typer.Argument(metavar="KEY=VALUE", help="A concurrency limit and its new value.",
+                                              show_default=False)],
+    live: Annotated[bool, typer.Option("--live", help="Change it on the running server, now (required).")] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change an event's concurrency limit on a running server, at once, without a restart.
+
+    A raised limit starts waiting jobs; a lowered one lets running jobs finish and starts none until fewer run.
+    Events sharing a pool (cmw's file events; an app's events.groups) change together. The change lasts until
+    the server stops, is logged with the client's address, and shows as source `live` in `cmw config show --url`
+    and `cmw status`. With --workers N every worker takes it (the limit is per worker). Keys:
+    events.chat_concurrency_limit, events.file_upload_concurrency_limit, events.stats_refresh_concurrency_limit,
+    events.logs_refresh_concurrency_limit, or events.limits.<api name> for an app served by `cmw serve APP`.
+
+    \b
+    Example usage:
+        cmw config set events.chat_concurrency_limit=8 --live
+        cmw config set events.limits.generate=4 --live --url http://10.0.0.5:7860 --token "$TOKEN"
+    """
+    from agent.app.queue import EVENTS
+
+    key, sep, raw = assignment.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        fail(f"{assignment!r}: expected KEY=VALUE, e.g. events.chat_concurrency_limit=8")
+    if not live:
+        fail("only live changes are supported by `cmw config set`: add --live to change a running server "
+             "(profiles are files: `cmw config init NAME`, then edit it)")
+    event = live_event(key, EVENTS)
+    if event is None:
+        fail(f"{key} cannot change live; only concurrency limits can: "
+             + LIVE_KEYS_HELP.format(events=", ".join(EVENTS)))
+    if not re.fullmatch(r"[0-9]+", raw) or int(raw) < 1:
+        fail(f"{key}={raw}: a limit is a whole number, at least 1")
+    from urllib.parse import quote
+
+    from cmw_cli.client import connect
+
+    client = connect(url, token)
+    answer = client.put(f"limits/{quote(event, safe='')}", {"limit": int(raw)})
+    if as_json:
+        _print_json(answer)
+    else:
+        _say(escape(_change_line(answer)))
+    failed = [w for w in answer.get("workers") or [] if "error" in w]
+    for worker in failed:
+        warn(f"worker {worker['worker']} did not take the change: {worker['error']}")
+    if failed:
+        raise typer.Exit(int(Exit.UNREACHABLE))
+
+
+def live_event(key: str, events: tuple[str, ...]) -> str | None:
+    """The event a live-changeable key names (``events.chat_concurrency_limit`` → chat, ``events.limits.NAME`` →
+    NAME), else None."""
+    if key.startswith("events.limits."):
+        name = key.removeprefix("events.limits.")
+        return name if name and "/" not in name else None
+    found = re.fullmatch(r"events\.(\w+)_concurrency_limit", key)
+    return found.group(1) if found and found.group(1) in events else None
+
+
+def _change_line(answer: dict[str, Any]) -> str:
+    """``chat: 3 → 8 (live)``, naming the events of a shared pool and each worker's outcome."""
+
+    def shown(limit: Any) -> str:
+        return "none" if limit is None else str(limit)
+
+    event = answer.get("event")
+    line = f"{event}: {shown(answer.get('previous'))} → {shown(answer.get('limit'))} (live)"
+    others = [name for name in answer.get("pool") or [] if name != event]
+    if others:
+        line += f"; its pool changed with it: {', '.join(others)}"
+    workers = answer.get("workers")
+    if workers:
+        took = [w for w in workers if "error" not in w]
+        line += f"; {len(took)} of {len(workers)} workers (the limit is per worker)"
+    return line

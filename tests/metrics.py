@@ -12,6 +12,8 @@ ADMIN_ROUTES = [
     ("DELETE", "/admin/api/sessions/someone"),
     ("GET", "/admin/api/queue"),
     ("GET", "/admin/api/config"),
+    ("GET", "/admin/api/limits"),
+    ("PUT", "/admin/api/limits/chat"),
 ]
 
 

@@ -106,11 +106,13 @@ def token_dependency(expected: str) -> Any:
 
 def admin_router(ctx: "AppContext", require_token: Any) -> Any:
     """The ``/admin/api`` routes of one app (a FastAPI ``APIRouter``), all behind the admin token but ``live``."""
-    from fastapi import APIRouter, Depends, HTTPException, Query
+    from fastapi import APIRouter, Depends, HTTPException, Query, Request
+    from fastapi import Path as PathParam
     from fastapi.responses import PlainTextResponse
 
     from agent import __version__
     from agent.app import admin_models as models
+    from agent.app.queue import LimitRefused, LiveLimits
     from agent.stats import percentiles
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(require_token)])
@@ -195,8 +197,41 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
 
     @router.get("/config", response_model=dict[str, models.SettingEntry])
     async def config() -> dict[str, dict[str, Any]]:
-        """Effective settings with their sources; secrets masked."""
-        return ctx.loaded.describe()
+        """Effective settings with their sources (``live`` for a limit changed on the running server); secrets
+        masked."""
+        return ctx.live_limits.describe() if ctx.live_limits is not None else ctx.loaded.describe()
+
+    if ctx.monitor is not None:
+        ctx.live_limits = LiveLimits(ctx.monitor, ctx.loaded, app=bool(ctx.settings.server.app),
+                                     log_lines=ctx.startup_log)
+    refusals: dict[int | str, dict[str, Any]] = {
+        status: {"model": models.Problem, "description": why} for status, why in (
+            (404, "No such event."), (409, "enable_concurrent_processing is false: every limit is 1 by design."),
+            (422, "A limit outside 1..server.max_threads, or a malformed body."),
+        )
+    }
+
+    @router.get("/limits", response_model=models.Limits, response_model_exclude_unset=True)
+    async def limits() -> dict[str, Any]:
+        """Every event's concurrency limit now, where it came from, and its last live change."""
+        if ctx.live_limits is None:
+            return {"events": {}, "max_threads": ctx.settings.server.max_threads}
+        return ctx.live_limits.view()
+
+    @router.put("/limits/{event}", response_model=models.LimitChanged, response_model_exclude_unset=True,
+                responses=refusals)
+    async def change_limit(
+        change: models.LimitChange, request: Request, event: str = PathParam(max_length=200),
+    ) -> dict[str, Any]:
+        """Change an event's limit on the running server, at once: a raised limit starts waiting jobs, a lowered
+        one lets running jobs finish and starts none until fewer run. Events sharing its pool change with it.
+        Lasts until the process stops; logged with the old and new value and the client's address."""
+        if ctx.live_limits is None:
+            raise HTTPException(404, f"no event {event!r} on this server")
+        try:
+            return ctx.live_limits.change(event, change.limit, request.client.host if request.client else "unknown")
+        except LimitRefused as refused:
+            raise HTTPException(refused.status, refused.detail) from None
 
     outer = APIRouter()
 

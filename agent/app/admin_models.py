@@ -146,3 +146,59 @@ class SettingEntry(BaseModel):
     env: list[str]
     allowed: str
     description: str
+
+
+class LimitEntry(BaseModel):
+    """One event's concurrency limit on the running server and where it came from."""
+
+    limit: int | None = Field(description="The limit in effect now; null when unlimited.")
+    source: str = Field(description="Where it came from: the settings source (profile:…, default, env:…, --set), "
+                                    "an app's own limit source as `cmw inspect` names it, or live.")
+    changed_at: float | None = Field(description="Unix time of its last live change; null if none.")
+    changed_by: str | None = Field(description="Client address of its last live change; null if none.")
+
+
+class WorkerLimits(BaseModel):
+    """One worker's limits (with --workers N each worker runs its own pools)."""
+
+    worker: int
+    port: int
+    events: dict[str, LimitEntry] | None = None
+    max_threads: int | None = None
+    error: str | None = Field(None, description="Why this worker did not answer.")
+
+
+class Limits(BaseModel):
+    events: dict[str, LimitEntry] = Field(description="By event name, as /admin/api/queue names them.")
+    max_threads: int = Field(description="server.max_threads: the highest limit a live change may set.")
+    workers: list[WorkerLimits] | None = Field(None, description="With --workers N: every worker's limits.")
+
+
+class LimitChange(BaseModel):
+    """The body of a live limit change."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(strict=True, description="The new limit: 1 to server.max_threads.")
+
+
+class WorkerLimitChanged(BaseModel):
+    worker: int
+    limit: int | None = None
+    previous: int | None = None
+    error: str | None = Field(None, description="Why this worker did not take the change.")
+
+
+class LimitChanged(BaseModel):
+    """A live limit change made: the event, its new and previous limit, and the events sharing its pool."""
+
+    event: str
+    limit: int
+    previous: int | None = Field(description="The limit before; null when it was unlimited.")
+    pool: list[str] = Field(description="The events that changed with it (one Gradio concurrency id).")
+    workers: list[WorkerLimitChanged] | None = Field(None, description="With --workers N: each worker's outcome.")
+
+
+class Problem(BaseModel):
+    """A refused request: what is wrong (a sentence, or FastAPI's list of invalid fields)."""
+
+    detail: str | list[dict[str, object]]

@@ -16,7 +16,7 @@ from agent.sessions.session import Session
 from agent.settings import LoadedSettings
 
 if TYPE_CHECKING:
-    from agent.app.queue import QueueMonitor
+    from agent.app.queue import LiveLimits, QueueMonitor
 
 
 @dataclass
@@ -36,6 +36,7 @@ class AppContext:
     browser_secret: str | None = None  # Gradio's BrowserState wants one; public (in /config), so it guards nothing
     custom_agent: Any = None  # what agent.factory names (loaded at start-up), else the built-in agent serves
     app_sessions: Any = None  # an operator's app: its Gradio sessions (agent.apps.sessions.AppSessions)
+    live_limits: LiveLimits | None = None  # limits changed on the running server (set with the admin API)
     metrics: AppMetrics = field(init=False, repr=False)  # this app's own Prometheus registry
     pacer: UpdatePacer = field(init=False, repr=False)  # shares the UI update budget among streaming replies
 

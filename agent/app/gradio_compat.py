@@ -375,3 +375,105 @@ def pace_streaming_events(demo: Any, wrap: Callable[[Any], Any]) -> int:
             fn.fn = wrap(fn.fn)
             wrapped += 1
     return wrapped
+
+
+# ---------------------------------------------------------------------------------------------- live limits
+# Gradio takes an event's limit only as a listener argument; nothing changes it once the app serves. Its queue
+# reads the limit in two places (6.31, gradio/queueing.py): each pool (an EventQueue per concurrency id, made on
+# the first join of one of its events) holds the ``concurrency_limit`` its loop compares ``current_concurrency``
+# with before starting a job (Queue.get_events), and every join lowers the pool's limit to its BlockFunction's
+# own when that is lower (Queue.create_event_queue_for_fn). So both are set, for every BlockFunction of the pool.
+# Raised, waiting jobs start on the loop's next pass: it polls every millisecond while anything waits, with no
+# other event needed. Lowered, running jobs finish and none starts until fewer than the new limit run.
+
+
+def pool_members(demo: Any, fn_index: int) -> list[int]:
+    """The fn indices sharing ``fn_index``'s pool of slots (its concurrency id), itself included."""
+    pool = demo.fns[fn_index].concurrency_id
+    return [index for index, fn in demo.fns.items() if fn.concurrency_id == pool]
+
+
+def set_pool_limit(demo: Any, fn_index: int, limit: int) -> list[int]:
+    """Set the limit of ``fn_index``'s pool now, for its running queue and for joins to come; the fn indices
+    changed. Call it on the event loop, where Gradio's queue reads the limit."""
+    members = pool_members(demo, fn_index)
+    for index in members:
+        fn = demo.fns[index]
+        fn.concurrency_limit = limit
+    queue = getattr(demo, "_queue", None)
+    per_id = getattr(queue, "event_queue_per_concurrency_id", {}) if queue is not None else {}
+    event_queue = per_id.get(demo.fns[fn_index].concurrency_id)
+    if event_queue is not None:
+        event_queue.concurrency_limit = limit
+    return members
+
+
+# ---------------------------------------------------------------------------------------------- the page's language
+# Gradio's frontend (6.31, templates/frontend/assets/core-*.js `setupi18n`) picks its locale once, as the page
+# starts, from `navigator.language` (then its primary subtag, then English), before any `head=` or `js=` of the app
+# runs; no config key, URL or header sets it. So a forced ui.language reaches Gradio's own strings (upload widget,
+# Chatbot buttons, toasts, footer) only by the page starting with a script that makes navigator.language say it.
+
+
+class ForcedPageLocale:
+    """ASGI middleware: the Gradio page (``GET /``) starts with ``navigator.language`` set to ``language``.
+
+    The page is asked for uncompressed (Gradio would Brotli it) so the script can go in after ``<head>``.
+    """
+
+    def __init__(self, app: Any, language: str):
+        import json
+
+        self.app = app
+        script = (f"<script>(function(){{var l={json.dumps(language)};function d(n,v){{try{{Object.defineProperty("
+                  "Navigator.prototype,n,{configurable:true,get:function(){return v}})}catch(e){}}"
+                  "d('language',l);d('languages',[l]);})();</script>")
+        self.script = script.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        root = scope.get("root_path", "")
+        path = scope.get("path", "")
+        path = path[len(root):] if root and path.startswith(root) else path
+        if scope["type"] != "http" or scope.get("method") != "GET" or path not in ("", "/"):
+            await self.app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def edited(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            kept = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            if any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in kept):
+                at = body.find(b"<head>")
+                body = body[: at + 6] + self.script + body[at + 6:] if at >= 0 else self.script + body
+            await send({**start, "headers": [*kept, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app({**scope, "headers": headers}, receive, edited)
+
+
+# ---------------------------------------------------------------------------------------------- the dashboard
+# The operator dashboard (agent/app/dashboard.py) is a second Blocks with its own queue, mounted at /admin/dashboard.
+
+
+def slow_idle_polling(demo: Any, idle_poll_s: float) -> None:
+    """Let a rarely used queue look for work every ``idle_poll_s`` instead of every millisecond.
+
+    Gradio's queue loop sleeps 1 ms between looks when it has nothing to do, and its progress loop 10 ms: ~1,100
+    wake-ups a second for a queue that sees one event every second or two, on the event loop the chat streams
+    from. Its events then start up to ``idle_poll_s`` later. ``Queue.sleep_when_free`` and
+    ``progress_update_sleep_when_free`` are read on every pass; no public option sets them.
+    """
+    queue = demo._queue
+    queue.sleep_when_free = idle_poll_s
+    queue.progress_update_sleep_when_free = idle_poll_s

@@ -14,8 +14,8 @@ from agent import __version__
 from cmw_cli.main import app
 
 runner = CliRunner()
-COMMANDS = ("serve", "inspect", "config", "status", "sessions", "loadtest", "smoke", "sim", "proxy-config")
-CONFIG_COMMANDS = ("show", "profiles", "validate", "diff", "init", "path")
+COMMANDS = ("serve", "inspect", "config", "status", "sessions", "loadtest", "smoke", "tune", "sim", "proxy-config")
+CONFIG_COMMANDS = ("show", "profiles", "validate", "diff", "init", "path", "set")
 HEAVY = ("gradio", "gradio_client", "langchain", "langchain_core", "langchain_openai", "openai")
 
 
@@ -92,6 +92,8 @@ def test_help_and_every_config_command_leave_gradio_langchain_and_openai_unimpor
         ["config", "diff", "balanced", "high-performance"],
         ["config", "init", "probe", "--from", "constrained"],
         ["config", "path"],
+        ["config", "set", "events.chat_concurrency_limit=3", "--live", "--url", "http://127.0.0.1:9", "--token", "t"],
+        ["config", "show", "--url", "http://127.0.0.1:9", "--token", "t"],
     ]
     runs += [["config", name, "--help"] for name in CONFIG_COMMANDS]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMW_")}

@@ -25,8 +25,10 @@ from agent.app.gradio_compat import (
     forget_ended_sessions,
     intercepted_launch,
     mark_launched,
+    pool_members,
     queue_length,
     set_event_limit,
+    set_pool_limit,
     skip_login_check_thread_hop,
     upload_folder,
     upload_refusal,
@@ -248,3 +250,37 @@ def test_an_events_limit_and_pool_set_before_its_first_join_are_what_the_queue_u
     queue: Queue = demo._queue
     queue.create_event_queue_for_fn(demo.fns[echo.fn_index])  # what Queue.push does on the first join
     assert queue.event_queue_per_concurrency_id["shared-pool"].concurrency_limit == 7
+
+
+# ---------------------------------------------------------------------------------------------- live limits
+
+
+def test_a_pools_limit_changes_for_its_running_queue_and_for_joins_to_come() -> None:
+    with gr.Blocks() as demo:
+        text = gr.Textbox()
+        out = gr.Textbox()
+        text.submit(lambda value: value, text, out, concurrency_limit=2, concurrency_id="pool", api_name="a")
+        text.change(lambda value: value, text, out, concurrency_limit=2, concurrency_id="pool", api_name="b")
+        text.blur(lambda value: value, text, out, concurrency_limit=2, api_name="alone")
+    demo.queue()
+    queue: Queue = demo._queue
+    queue.create_event_queue_for_fn(demo.fns[0])  # the pool exists once one of its events has joined
+    assert pool_members(demo, 1) == [0, 1]
+    assert set_pool_limit(demo, 1, 6) == [0, 1]
+    assert queue.event_queue_per_concurrency_id["pool"].concurrency_limit == 6
+    assert [fn.concurrency_limit for fn in demo.fns.values()] == [6, 6, 2]
+    queue.create_event_queue_for_fn(demo.fns[1])  # every join lowers the pool to the joining event's own limit
+    assert queue.event_queue_per_concurrency_id["pool"].concurrency_limit == 6  # which is the new one too
+    set_pool_limit(demo, 2, 9)  # a pool with no join yet: its first join builds it with the new limit
+    queue.create_event_queue_for_fn(demo.fns[2])
+    assert queue.event_queue_per_concurrency_id[demo.fns[2].concurrency_id].concurrency_limit == 9
+
+
+def test_the_queue_starts_jobs_by_the_pools_limit_and_polls_while_any_wait() -> None:
+    """Why a live change needs nothing else: the start loop re-reads the limit on every pass."""
+    starts = inspect.getsource(Queue.get_events)
+    assert "event_queue.current_concurrency < event_queue.concurrency_limit" in starts
+    loop = inspect.getsource(Queue.start_processing)
+    assert "self.get_events()" in loop and "await asyncio.sleep(self.sleep_when_free)" in loop
+    joins = inspect.getsource(Queue.create_event_queue_for_fn)
+    assert "concurrency_limit < existing_event_queue.concurrency_limit" in joins  # why every member is set
