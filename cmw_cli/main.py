@@ -14,7 +14,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import typer  # noqa: E402
 
 from agent import __version__  # noqa: E402
-from cmw_cli import config, inspect, loadtest, proxy, serve, sessions, sim, status
+from cmw_cli import config, inspect, loadtest, proxy, serve, sessions, sim, status, tune
 
 app = typer.Typer(
     name="cmw",
@@ -50,6 +50,7 @@ app.command("status")(status.status)
 app.add_typer(sessions.app, name="sessions")
 app.command("loadtest")(loadtest.loadtest)
 app.command("smoke")(loadtest.smoke)
+app.command("tune")(tune.tune)
 app.command("sim")(sim.sim)
 app.command("proxy-config")(proxy.proxy_config)
 
