@@ -1,8 +1,11 @@
 """Conversation fingerprints: how a reply proves which user turns the LLM actually saw.
 
-The simulator opens every reply with a header naming the number of user turns it received and a
-short fingerprint of each; the load tester and the tests recompute them from what each user sent,
-so a reply built from another session's history is caught.
+The load tester signs every message with a canary (:data:`CANARY_RE`, ``cw<N>-<4 hex>``). When the
+latest user message carries one, the simulator opens its reply with a header naming the number of
+user turns it received and a short fingerprint of each; the load tester and the tests recompute
+them from what each user sent, so a reply built from another session's history is caught. Without
+a canary (a person chatting) the reply is readable text with no header: debug output is for the
+load tester only.
 """
 
 from __future__ import annotations
@@ -11,6 +14,13 @@ import hashlib
 import re
 
 HEADER_RE = re.compile(r"\[turns=(\d+) fp=([0-9a-f,]*)\]")
+# The load tester's per-user tag; its one home, so the simulator and the isolation checks agree on it.
+CANARY_RE = re.compile(r"\bcw(\d+)-[0-9a-f]{4}\b")
+
+
+def has_canary(text: str) -> bool:
+    """Whether a message carries a load-test canary, i.e. its sender wants fingerprinted replies."""
+    return CANARY_RE.search(text) is not None
 
 
 def fingerprint(text: str) -> str:

@@ -8,14 +8,11 @@ when that conversation lacks this user's own earlier turns, or when the reply's 
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any
 
-from agent.fingerprints import fingerprint, parse_reply_header
+from agent.fingerprints import CANARY_RE, fingerprint, parse_reply_header
 from agent.loadtest.protocol import content_text, is_step, user_texts
-
-CANARY_RE = re.compile(r"\bcw(\d+)-[0-9a-f]{4}\b")
 
 
 def make_canary(user: int) -> str:

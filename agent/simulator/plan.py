@@ -2,8 +2,11 @@
 
 A request is validated the way OpenAI validates it and becomes a :class:`Plan` (model, reply length,
 finish reason, streaming, the tools it offers, faults the client forced). The reply text is derived
-from the user turns (:func:`agent.fingerprints.reply_header`), so a client can prove which history the
-"LLM" saw; a reply to a tool result names that result too (:func:`reply_opening`). The simulator's
+from the conversation (:func:`reply_head`): a person reads the start of their latest message, how many
+they sent and what the simulator is, then plain filler up to the reply length; a reply to a tool
+result quotes that result too. When the latest user message carries a load-test canary the reply opens
+with the fingerprints header (:func:`agent.fingerprints.reply_header`), so the load tester can prove which
+history the "LLM" saw, without a person ever seeing debug output. The simulator's
 randomness — which fault strikes, whether and which tool is called, how late each token is — comes
 from :class:`Dice`, one seeded generator drawn in arrival order, so a seeded run repeats.
 
@@ -31,7 +34,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.fingerprints import reply_header
+from agent.fingerprints import has_canary, reply_header
 from agent.settings import SimSettings
 from agent.settings.providers import SIM_MODEL
 from agent.simulator.tools import TOOL_NAME_RE, ToolCall, ToolSpec, draw_tool_call, hint_of, tool_result_header
@@ -44,11 +47,16 @@ MODEL_FAULT_SEP = "@"
 FAULT_KINDS = ("error", "disconnect", "stall", "malformed")
 TOOL_FAULTS = ("tool_call", "bad_arguments")
 
-FILLER = (
-    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do", "eiusmod", "tempor",
-    "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua", "ut", "enim", "ad", "minim", "veniam", "quis",
-    "nostrud", "exercitation", "ullamco", "laboris", "nisi", "ut", "aliquip", "ex", "ea", "commodo",
+INTRO = "I'm cmw's built-in simulator, not a real model."
+# What fills a reply up to ``sim.reply_tokens`` words after the part that answers the conversation: plain
+# sentences a person can read, cycled as long as needed.
+FILLER_TEXT = (
+    "I reply to every message like this, word by word, at the pace the sim settings set, so you can try the "
+    "app, its queue and its concurrency limits without an API key. To talk to a real model, choose another "
+    "provider."
 )
+FILLER = tuple(FILLER_TEXT.split())
+QUOTE_WORDS, QUOTE_CHARS = 12, 80
 
 
 def nominal_reply_s(sim: SimSettings) -> float:
@@ -56,20 +64,67 @@ def nominal_reply_s(sim: SimSettings) -> float:
     return sim.ttft_ms / 1000 + (sim.reply_tokens - 1) / sim.tokens_per_second
 
 
-def reply_opening(user_texts: list[str], tool_result: tuple[str | None, str] | None = None) -> str:
-    """A text reply's first token: the reply header, then for a tool result (name, content) its header.
+def quote(text: str) -> str:
+    """The start of a message on one line, in quotes: enough for its sender to recognise it."""
+    words: list[str] = []
+    for word in text.split():
+        if len(words) == QUOTE_WORDS or sum(map(len, words)) + len(words) + len(word) > QUOTE_CHARS:
+            return "\u201c" + " ".join(words or [word[:QUOTE_CHARS]]) + "\u2026\u201d"
+        words.append(word)
+    return "\u201c" + " ".join(words) + "\u201d"
 
-    E.g. ``[turns=1 fp=0a1b2c3d] [tool name=calculator result_fp=4e5f6a7b]``
-    (see :func:`~agent.simulator.tools.tool_result_header`); the reply header stays first, so the
-    isolation checks read every reply alike.
+
+def _ordinal(n: int) -> str:
+    if n == 1:
+        return "first"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def reply_opening(user_texts: list[str], tool_result: tuple[str | None, str] | None = None) -> str:
+    """A text reply's first token.
+
+    For the load tester (its latest user message carries a canary, :func:`agent.fingerprints.has_canary`) it
+    is the fingerprints header, then for a tool result (name, content) that result's header, e.g.
+    ``[turns=1 fp=0a1b2c3d] [tool name=calculator result_fp=4e5f6a7b]``
+    (see :func:`~agent.simulator.tools.tool_result_header`), so the isolation checks read every reply alike.
+    For anyone else it is the first word of the readable reply: a person never sees debug output.
     """
+    return reply_head(user_texts, tool_result)[0]
+
+
+def reply_head(user_texts: list[str], tool_result: tuple[str | None, str] | None = None) -> list[str]:
+    """The tokens of a reply before its filler: what the simulator was told, and what it is.
+
+    A readable sentence quoting the start of the latest user message (after a tool result's content) and
+    counting the user's messages, then what the simulator is, one word a token; for the load tester the
+    fingerprints header comes first, as one token. Derived from the conversation alone, so a client can
+    recompute it.
+    """
+    n = len(user_texts)
+    if n == 0:
+        said = "I have no message from you in this conversation."
+    else:
+        last = user_texts[-1]
+        said = (f"You said {quote(last)}," if last.strip() else "You sent a message with no text,") \
+            + f" your {_ordinal(n)} message in this conversation."
+    if tool_result is not None:
+        name, content = tool_result
+        tool = f"The {name} tool" if name else "The tool"
+        said = f"{tool} returned {quote(content) if content.strip() else 'nothing'}. {said}"
+    words = f"{said} {INTRO}".split(" ")  # their own words first: a short reply still shows them
+    if not (n and has_canary(user_texts[-1])):
+        return [words[0], *(" " + word for word in words[1:])]
     header = reply_header(user_texts)
-    return header if tool_result is None else f"{header} {tool_result_header(*tool_result)}"
+    if tool_result is not None:
+        header = f"{header} {tool_result_header(*tool_result)}"
+    return [header, *(" " + word for word in words)]
 
 
 def reply_text(user_texts: list[str], tokens: int, tool_result: tuple[str | None, str] | None = None) -> str:
     """The full text reply to a conversation with these user turns, as streamed token by token."""
-    return reply_opening(user_texts, tool_result) + "".join(" " + FILLER[i % len(FILLER)] for i in range(tokens - 1))
+    head = reply_head(user_texts, tool_result)
+    return "".join(head[:tokens]) + "".join(" " + FILLER[i % len(FILLER)] for i in range(tokens - len(head)))
 
 
 @dataclass(frozen=True)

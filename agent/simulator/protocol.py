@@ -4,7 +4,8 @@ Routes: ``POST /v1/chat/completions`` (SSE streaming and not), ``GET /v1/models`
 ``GET /v1/models/{id}`` and ``GET /health``. It is a raw asyncio protocol (httptools parses
 requests) rather than an ASGI app: during benchmarks it streams to hundreds of clients on a small
 box, so each token is one timer callback and one ``transport.write`` of pre-encoded bytes, and
-tokens that fall due together go out in a single write.
+tokens that fall due together go out in a single write. With ``sim.capacity`` set, replies decode on
+a shared virtual clock (:mod:`~agent.simulator.batch`) instead of the loop's, still one timer a reply.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
 
 from agent.settings import SimSettings
+from agent.simulator.batch import SharedRate
 from agent.simulator.plan import DEFAULT_MODEL, Dice, Plan, RequestError, fault_token, parse_completion_request
 from agent.simulator.wire import LAST_CHUNK, chunk, completion_body, error_body, json_head, model_card, stream_frames
 
@@ -51,6 +54,19 @@ class SimState:
         self.dice = Dice(settings)
         self.connections: set[Connection] = set()
         self._id_prefix = f"chatcmpl-sim{secrets.token_hex(4)}-"
+        self._shared: SharedRate | None = None
+
+    def shared_rate(self, loop: asyncio.AbstractEventLoop) -> SharedRate | None:
+        """The clock a new reply decodes on: None without ``sim.capacity``, else the one pool all replies share.
+
+        A new pool starts when the capacity changes (:meth:`Simulator.configure`); replies in flight keep theirs.
+        """
+        capacity = self.settings.capacity
+        if not capacity:
+            return None
+        if self._shared is None or self._shared.capacity != capacity:
+            self._shared = SharedRate(capacity, loop.time, loop.call_soon)
+        return self._shared
 
     def next_id(self) -> str:
         """The id of the completion just counted."""
@@ -204,6 +220,9 @@ class _Reply:
 
     A tool call is paced like text: its events (the one naming it, then the argument pieces) are its
     tokens, so faults strike inside it as they strike inside text.
+
+    With ``sim.capacity`` the reply joins the shared rate once its first token is out (the time to first
+    token is not shared) and leaves it when it ends; ``next_at`` is then a virtual deadline.
     """
 
     def __init__(self, conn: Connection, req: _Request, plan: Plan):
@@ -224,6 +243,9 @@ class _Reply:
         self.fault_at = fault_token(plan.tokens) if self.fault is not None else -1
         self.sent = 0
         self.next_at = self.loop.time() + state.dice.ttft_s()
+        self.shared = state.shared_rate(self.loop)
+        self.joined = False  # decoding on the shared rate: next_at is virtual
+        self._due: Callable[[], None] | None = None  # what the armed timer calls, for retime()
 
     def start(self) -> None:
         counters = self.state.counters
@@ -252,6 +274,7 @@ class _Reply:
         if self.done:
             return
         self.done = True
+        self._leave()
         counters = self.state.counters
         counters.active_requests -= 1
         if self.plan.stream:
@@ -275,8 +298,36 @@ class _Reply:
         self.conn.close()
 
     def _stall(self) -> None:
-        """Go silent, then drop the connection."""
+        """Go silent, then drop the connection; a silent reply takes no share of the rate."""
+        self._leave()
         self.handle = self.loop.call_later(self.state.settings.stall_s, self._cut)
+
+    # -- the shared rate (sim.capacity)
+
+    def _join(self, exact: bool = False) -> float:
+        """Start decoding on the shared rate; returns virtual now."""
+        assert self.shared is not None
+        self.joined = True
+        return self.shared.join(self, exact=exact)
+
+    def _leave(self) -> None:
+        if self.joined and self.shared is not None:
+            self.joined = False
+            self._due = None
+            self.shared.leave(self)
+
+    def _arm(self, due: Callable[[], None]) -> None:
+        """Arm the timer for ``next_at`` (virtual once joined)."""
+        self._due = due
+        shared = self.shared
+        at = shared.real_time(self.next_at) if self.joined and shared is not None else self.next_at
+        self.handle = self.loop.call_at(at, due)
+
+    def retime(self) -> None:
+        """The shared speed changed: re-arm the pending timer for the same virtual deadline."""
+        if self.handle is not None and self._due is not None and self.joined:
+            self.handle.cancel()
+            self._arm(self._due)
 
     # -- non-streaming: one body after the whole reply's time
 
@@ -286,8 +337,25 @@ class _Reply:
             at += self.state.dice.gap_s()
         if self.fault is not None and self.fault.kind == "stall":
             self._stall()
-        else:
+        elif self.shared is None:
             self.handle = self.loop.call_at(at, self._send_whole)
+        else:
+            self.work = at - self.next_at  # seconds of decoding at full speed, after the first token
+            self.handle = self.loop.call_at(self.next_at, self._join_whole)
+
+    def _join_whole(self) -> None:
+        """The first token is due: decode the rest at the shared rate, re-armed on every change of speed."""
+        self.handle = None
+        if self.plan.tokens <= 1:
+            return self._send_whole()
+        self.next_at = self._join(exact=True) + self.work
+        self._arm(self._whole_due)
+
+    def _whole_due(self) -> None:
+        self.handle = None
+        if self.shared is not None and not self.shared.due(self.next_at):
+            return self._arm(self._whole_due)
+        self._send_whole()
 
     def _send_whole(self) -> None:
         self.handle = None
@@ -314,7 +382,14 @@ class _Reply:
     def _tick(self) -> None:
         """Send every token now due (usually one) in one write, then wait for the next deadline."""
         self.handle = None
-        now = self.loop.time()
+        if self.joined:
+            shared = self.shared
+            assert shared is not None
+            if not shared.due(self.next_at, 1 / self.state.settings.tokens_per_second):
+                return self._arm(self._tick)  # armed before the shared rate fell
+            now = shared.now()
+        else:
+            now = self.loop.time()
         out: list[bytes] = []
         n = self.plan.tokens
         while True:
@@ -341,8 +416,13 @@ class _Reply:
             out.append(self.frames.token(i))
             self.sent = i + 1
             if self.sent < n:
+                if i == 0 and self.shared is not None:  # decoding starts: from now on the clock is shared
+                    now = self.next_at = self._join()
                 self.next_at += self.state.dice.gap_s()
                 if self.next_at > now:
                     break
         self.conn.write(chunk(b"".join(out)))
-        self.handle = self.loop.call_at(self.next_at, self._tick)
+        if self.joined:
+            self._arm(self._tick)
+        else:
+            self.handle = self.loop.call_at(self.next_at, self._tick)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from agent.simulator.plan import FILLER, Plan, reply_opening, reply_text
+from agent.simulator.plan import FILLER, Plan, reply_head, reply_text
 
 # Filler tokens never change, so their JSON string literals are encoded once.
 FILLER_JSON = [json.dumps(" " + word).encode() for word in FILLER]
@@ -123,24 +123,30 @@ class StreamFrames:
     prefix: bytes
     suffix: bytes
     tail: bytes
+    words: tuple[bytes, ...]  # the JSON strings of the reply's tokens before the filler
     malformed = MALFORMED_EVENT
 
     @classmethod
     def build(cls, plan: Plan, reply_id: str, created: int, keep_alive: bool) -> StreamFrames:
-        """Encode everything but the token text once; the fingerprint header is token 0."""
+        """Encode everything but the token text once, and the reply's own words (a few dozen) up front."""
         f = _Framing.build(plan, reply_id, created, keep_alive)
-        header = json.dumps(reply_opening(plan.user_texts, plan.tool_result)).encode()
+        words = [json.dumps(word).encode() for word in reply_head(plan.user_texts, plan.tool_result)[:plan.tokens]]
         return cls(
             head=f.head,
-            first=f.prefix + b'"role":"assistant","content":' + header + f.suffix,
+            first=f.prefix + b'"role":"assistant","content":' + words[0] + f.suffix,
             prefix=f.prefix + b'"content":',
             suffix=f.suffix,
             tail=f.tail,
+            words=tuple(words),
         )
 
     def token(self, i: int) -> bytes:
-        """The SSE event of token ``i`` (0 is the fingerprint header, then filler words)."""
-        return self.first if i == 0 else self.prefix + FILLER_JSON[(i - 1) % len(FILLER_JSON)] + self.suffix
+        """The SSE event of token ``i``: the reply's own words (the first carries the role), then filler."""
+        if i == 0:
+            return self.first
+        n = len(self.words)
+        word = self.words[i] if i < n else FILLER_JSON[(i - n) % len(FILLER_JSON)]
+        return self.prefix + word + self.suffix
 
 
 @dataclass(frozen=True)

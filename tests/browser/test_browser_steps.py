@@ -49,7 +49,7 @@ def test_a_tool_step_is_a_collapsible_step_above_the_streamed_answer(browser: An
     box.fill("6*7")
     page.get_by_role("button", name="Send", exact=True).click()
 
-    answer = page.locator('[data-testid="bot"]', has_text="[tool name=calculator").last
+    answer = page.locator('[data-testid="bot"]', has_text="The calculator tool returned").last
     expect(answer).to_have_text(reply_text(["6*7"], REPLY_TOKENS, ("calculator", "42")), timeout=WAIT_MS)
     step = page.locator(".thought-group").last
     title = step.locator('[role="button"]').first

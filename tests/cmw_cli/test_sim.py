@@ -42,6 +42,14 @@ def test_flags_become_simulator_settings(served: dict[str, Any]) -> None:
         "127.0.0.2", 8001, 5.0, 250.0, 7, 0.25, 3)
 
 
+def test_capacity_flag_becomes_sim_capacity_and_is_printed(served: dict[str, Any]) -> None:
+    result = runner.invoke(app, ["sim", "--capacity", "8", "--tps", "50"])
+    assert result.exit_code == 0, result.output
+    assert served["settings"].capacity == 8
+    assert "capacity 8 streams (400 tokens/s in all)" in result.output
+    assert runner.invoke(app, ["sim", "--capacity", "-1"]).exit_code == 2
+
+
 def test_dedicated_flags_outrank_set(served: dict[str, Any]) -> None:
     result = runner.invoke(app, ["sim", "--tps", "99", "--set", "sim.tokens_per_second=5"])
     assert result.exit_code == 0, result.output

@@ -2,7 +2,7 @@
 
 ``sim.tool_call_rate=1``: the simulator answers every user turn with a call of one of the offered tools (its
 string arguments are the first words of the user's message), then answers the tool's result with text that
-names it (:func:`agent.simulator.tool_result_header`).
+quotes it (:func:`agent.simulator.reply_text`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ from agent.agents.builtin import ToolAgent
 from agent.agents.steps import Step
 from agent.app.llm import Delta
 from agent.settings import SimSettings, load_settings
-from agent.simulator import Simulator, running_simulator, tool_result_header
+from agent.simulator import Simulator, reply_text, running_simulator
 from tests.asgi import InProcess, in_process
 from tests.metrics import metric
 
 IN_LOOP = pytest.mark.asyncio(loop_scope="session")
-TOOLS = SimSettings(ttft_ms=0, tokens_per_second=5000, reply_tokens=6, jitter=0, tool_call_rate=1.0, seed=7)
+TOOLS = SimSettings(ttft_ms=0, tokens_per_second=5000, reply_tokens=30, jitter=0, tool_call_rate=1.0, seed=7)
+
+
+def answer_to(said: str, result: str) -> str:
+    """The simulator's answer to a calculator result: it quotes the result, then the user's message."""
+    return reply_text([said], TOOLS.reply_tokens, ("calculator", result))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ async def test_a_tool_turn_shows_a_done_step_then_an_answer_naming_its_result(ca
         ("🛠️ calculator", "done", "42"),
     ]
     assert '"expression": "6*7"' in steps[0]["metadata"]["log"] and steps[0]["metadata"]["duration"] >= 0
-    assert tool_result_header("calculator", "42") in answer
+    assert answer == answer_to("6*7", "42")
     metrics = (await calculator.http.get("/metrics")).text
     assert metric(metrics, "cmw_tool_calls_total", tool="calculator", outcome="done") >= 1
 
@@ -85,7 +90,7 @@ async def test_a_tool_that_refuses_is_an_error_step_and_the_turn_goes_on(calcula
     steps, answer = turn(chatbot)
     assert steps[0]["metadata"]["title"] == "🛠️ calculator — error"
     assert "division by zero" in text_of(steps[0])
-    assert tool_result_header("calculator", text_of(steps[0])) in answer  # the model saw the error as the result
+    assert answer == answer_to("1/0", text_of(steps[0]))  # the model saw the error as the result
     chatbot, _ = await calculator.call("chat", ["1+1"], "zero")
     assert turn(chatbot)[0][0]["metadata"]["status"] == "done"
 
@@ -96,7 +101,7 @@ async def test_malformed_arguments_are_an_error_step(calculator: InProcess) -> N
     chatbot, _ = await calculator.call("chat", ["5-1"], "garbled")
     steps, answer = turn(chatbot)
     assert "could not be read" in text_of(steps[0]) and "error" in steps[0]["metadata"]["title"]
-    assert "[tool name=calculator" in answer
+    assert answer.startswith("The calculator tool returned")
 
 
 @IN_LOOP
@@ -146,7 +151,7 @@ async def test_the_astream_reader_gives_the_same_tool_turn(sim: Simulator, tmp_p
         chatbot, _ = await app.call("chat", ["6*7"], "langchain-path")
     steps, answer = turn(chatbot)
     assert [(s["metadata"]["title"], text_of(s)) for s in steps] == [("🛠️ calculator", "42")]
-    assert tool_result_header("calculator", "42") in answer
+    assert answer == answer_to("6*7", "42")
 
 
 class Scripted:

@@ -13,9 +13,8 @@ import pytest
 import pytest_asyncio
 
 from agent.agents.custom import load
-from agent.fingerprints import parse_reply_header
 from agent.settings import ConfigError, SimSettings, load_settings
-from agent.simulator import Simulator, running_simulator
+from agent.simulator import Simulator, reply_text, running_simulator
 from tests.asgi import InProcess, in_process
 
 IN_LOOP = pytest.mark.asyncio(loop_scope="session")
@@ -25,7 +24,7 @@ EXAMPLE = ROOT / "examples" / "word_stats_agent.py"
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Simulator]:
-    with running_simulator(SimSettings(ttft_ms=0, tokens_per_second=2000, reply_tokens=5, jitter=0), port=0) as s:
+    with running_simulator(SimSettings(ttft_ms=0, tokens_per_second=2000, reply_tokens=12, jitter=0), port=0) as s:
         yield s
 
 
@@ -57,7 +56,7 @@ async def test_the_example_agent_shows_its_tool_step_then_the_models_answer(exam
     assert [s["metadata"]["title"] for s in steps] == ["🛠️ word_stats"]
     assert steps[0]["metadata"]["status"] == "done"
     assert "3 words" in text_of(steps[0])
-    assert parse_reply_header(reply) is not None  # streamed from the session's chat model (the simulator)
+    assert reply == reply_text(["three words here"], 12)  # streamed from the session's chat model (the simulator)
 
 
 @IN_LOOP
@@ -69,8 +68,7 @@ async def test_a_runnable_streams_its_tool_run_and_model_tokens(
         chatbot, _ = await app.call("chat", ["hello there"], "runnable-user")
     steps, reply = steps_and_reply(chatbot)
     assert [(s["metadata"]["title"], text_of(s)) for s in steps] == [("🛠️ shout", "HELLO THERE")]
-    header = parse_reply_header(reply)
-    assert header is not None and header[0] == 1
+    assert reply_text(["hello there"], 12) in reply  # "..., your first message in this conversation. ..."
 
 
 @IN_LOOP
@@ -160,4 +158,4 @@ def test_cmw_serve_with_the_example_agent_serves_it(tmp_path: Path) -> None:
         chatbot, _ = Client(server.url, verbose=False).predict("two words", api_name="/chat")
     steps, reply = steps_and_reply(chatbot)
     assert [s["metadata"]["title"] for s in steps] == ["🛠️ word_stats"] and "2 words" in text_of(steps[0])
-    assert parse_reply_header(reply) is not None
+    assert reply == reply_text(["two words"], 5)

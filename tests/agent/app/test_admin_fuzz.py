@@ -35,6 +35,9 @@ from tests.servers import RunningServer, cmw_server
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
+# A load-test canary: a message carrying one gets the simulator's fingerprints header, which proves the
+# turns the "LLM" saw; without one a person gets a readable reply.
+TAG = "cw0-0000"
 EXAMPLES = 150  # per test, over the five operations
 FUZZ = settings(
     max_examples=EXAMPLES, deadline=None,
@@ -77,7 +80,11 @@ def endpoint(server: RunningServer) -> Endpoint:
 
 
 async def chat_turns(url: str, endpoint: Endpoint, session_hash: str, messages: list[str]) -> list[dict[str, Any]]:
-    """Send messages in a row on one session; assert each reply saw exactly this session's messages."""
+    """Send messages in a row on one session; assert each reply saw exactly this session's messages.
+
+    Each message is signed with :data:`TAG`, so the simulator's reply carries its fingerprints header.
+    """
+    messages = [f"{TAG} {m}" for m in messages]
     conn = Connection(Origin.parse(url))
     history: list[dict[str, Any]] = []
     try:
@@ -106,7 +113,7 @@ def assert_bystander_intact(server: RunningServer, token: str, session_hash: str
     detail = httpx.get(f"{server.url}/admin/api/sessions/{session_hash}",
                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert detail.status_code == 200
-    assert [m["content"] for m in detail.json()["history"] if m["role"] == "user"] == ["I was here first"]
+    assert [m["content"] for m in detail.json()["history"] if m["role"] == "user"] == [f"{TAG} I was here first"]
 
 
 def cases(admin_schema: Any) -> st.SearchStrategy[Any]:

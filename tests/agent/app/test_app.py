@@ -22,6 +22,9 @@ pytestmark = pytest.mark.server
 
 # ~0.5 s replies: long enough that concurrent chats overlap, short enough for a quick suite.
 SLOW = SimSettings(ttft_ms=100, tokens_per_second=40, reply_tokens=16, jitter=0)
+# A load-test canary: a message carrying one gets the simulator's fingerprints header, which proves the
+# turns the "LLM" saw; without one a person gets a readable reply.
+TAG = "cw0-0000"
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +72,23 @@ def test_reply_streams_and_reflects_only_its_own_session(server: RunningServer) 
     users = [client(server) for _ in range(4)]
 
     def converse(index: int) -> list[dict]:
-        chat(users[index], f"user {index} first")
-        return chat(users[index], f"user {index} second")
+        chat(users[index], f"{TAG} user {index} first")
+        return chat(users[index], f"{TAG} user {index} second")
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         histories = list(pool.map(converse, range(4)))
     for index, history in enumerate(histories):
         assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
         header = parse_reply_header(text_of(history[-1]))
-        assert header == (2, [fingerprint(f"user {index} first"), fingerprint(f"user {index} second")])
+        assert header == (2, [fingerprint(f"{TAG} user {index} first"), fingerprint(f"{TAG} user {index} second")])
+
+
+def test_a_person_gets_a_readable_reply_that_echoes_them_and_no_fingerprints(server: RunningServer) -> None:
+    user = client(server)
+    chat(user, "hello")
+    reply = text_of(chat(user, "what is a load test?")[-1])
+    assert reply.startswith("You said \u201cwhat is a load test?\u201d, your 2nd message in this")  # 12 tokens
+    assert parse_reply_header(reply) is None and "fp=" not in reply
 
 
 def test_run_route_cannot_bypass_the_queue(server: RunningServer) -> None:
@@ -110,20 +121,21 @@ def test_an_overlong_message_is_refused_with_a_clear_error(server: RunningServer
     user = client(server)
     with pytest.raises(Exception, match="limit is 20,000"):
         chat(user, "x" * 20_001)
-    assert parse_reply_header(text_of(chat(user, "short")[-1])) == (1, [fingerprint("short")])
+    assert parse_reply_header(text_of(chat(user, f"{TAG} short")[-1])) == (1, [fingerprint(f"{TAG} short")])
 
 
 def test_stop_ends_the_reply_and_the_session_chats_on(server: RunningServer) -> None:
     user = client(server)
     user.predict("custom", api_name="/set_provider")  # the test's simulator: ~0.5 s replies
-    job = user.submit("stop me", api_name="/chat")
+    job = user.submit(f"{TAG} stop me", api_name="/chat")
     for _ in job:  # the reply is under way
         break
     job.cancel()
-    history = chat(user, "after the stop")
-    assert [text_of(m) for m in history if m["role"] == "user"] == ["stop me", "after the stop"]
+    history = chat(user, f"{TAG} after the stop")
+    assert [text_of(m) for m in history if m["role"] == "user"] == [f"{TAG} stop me", f"{TAG} after the stop"]
     assert text_of(history[1]).endswith("[stopped]")
-    assert parse_reply_header(text_of(history[-1])) == (2, [fingerprint("stop me"), fingerprint("after the stop")])
+    assert parse_reply_header(text_of(history[-1])) == (2, [fingerprint(f"{TAG} stop me"),
+                                                            fingerprint(f"{TAG} after the stop")])
 
 
 def test_stats_count_running_chats_against_their_limit(server: RunningServer) -> None:
@@ -175,12 +187,12 @@ def test_every_simulator_fault_gives_a_clear_chat_error_while_others_chat(server
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         failing = pool.submit(chat, broken, "will fail")
-        fine = pool.submit(chat, healthy, "still served")
+        fine = pool.submit(chat, healthy, f"{TAG} still served")
         failed_history, good_history = failing.result(), fine.result()
 
     assert text_of(failed_history[-2]) == "will fail"  # the user's message is kept
     assert "⚠️" in text_of(failed_history[-1])
-    assert parse_reply_header(text_of(good_history[-1])) == (1, [fingerprint("still served")])
+    assert parse_reply_header(text_of(good_history[-1])) == (1, [fingerprint(f"{TAG} still served")])
 
 
 def test_stats_report_limits_and_this_sessions_turns(server: RunningServer) -> None:
@@ -232,12 +244,12 @@ def test_eviction_frees_the_least_recently_used_session(tmp_path: Path) -> None:
 def test_sigterm_lets_in_flight_replies_finish_and_exits_zero(tmp_path: Path, sim: Simulator) -> None:
     with cmw_server(tmp_path, "llm.provider=\"custom\"", f"llm.base_url=\"{sim.base_url}\"") as running:
         user = client(running)
-        job = user.submit("finish me", api_name="/chat")
+        job = user.submit(f"{TAG} finish me", api_name="/chat")
         for _ in job:  # the first streamed update: the reply is in flight
             break
         os.kill(running.proc.pid, signal.SIGTERM)
         history, _ = job.result(timeout=30)
-        assert parse_reply_header(text_of(history[-1])) == (1, [fingerprint("finish me")])
+        assert parse_reply_header(text_of(history[-1])) == (1, [fingerprint(f"{TAG} finish me")])
         assert running.proc.wait(30) == 0
 
 
@@ -256,8 +268,8 @@ def test_serve_against_a_separately_started_cmw_sim(tmp_path: Path) -> None:
         assert proc.stdout is not None
         proc.stdout.readline()  # the simulator prints its URL once it listens
         with cmw_server(tmp_path, extra_args=("--llm", f"http://127.0.0.1:{port}/v1")) as running:
-            history = chat(client(running), "via cmw sim")
-            assert parse_reply_header(text_of(history[-1])) == (1, [fingerprint("via cmw sim")])
+            history = chat(client(running), f"{TAG} via cmw sim")
+            assert parse_reply_header(text_of(history[-1])) == (1, [fingerprint(f"{TAG} via cmw sim")])
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

@@ -100,7 +100,8 @@ async def user(url: str, endpoint: Endpoint, name: str, turns: int) -> list[Turn
     out: list[Turn] = []
     try:
         for n in range(turns):
-            sent.append(f"{name} says {n} ({secrets.token_hex(4)})")
+            # the canary asks the simulator for its fingerprints header, as the load tester's messages do
+            sent.append(f"cw0-0000 {name} says {n} ({secrets.token_hex(4)})")
             out.append(Turn(list(sent), await run_turn(conn, endpoint, session_hash, sent[-1], timeout=60)))
     finally:
         await conn.close()

@@ -19,6 +19,9 @@ from agent.simulator import Simulator, running_simulator
 from tests.asgi import InProcess, in_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+# A load-test canary: a message carrying one gets the simulator's fingerprints header, which proves the
+# turns the "LLM" saw; without one a person gets a readable reply.
+TAG = "cw0-0000"
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,8 @@ def text_of(message: dict[str, Any]) -> str:
 
 async def test_each_session_gets_replies_built_from_its_own_turns_only(app: InProcess) -> None:
     async def converse(index: int) -> list[dict[str, Any]]:
-        await app.call("chat", [f"user {index} first"], f"hash-{index}")
-        chatbot, box = await app.call("chat", [f"user {index} second"], f"hash-{index}")
+        await app.call("chat", [f"{TAG} user {index} first"], f"hash-{index}")
+        chatbot, box = await app.call("chat", [f"{TAG} user {index} second"], f"hash-{index}")
         assert box == ""  # the message box is emptied for the next message
         return chatbot
 
@@ -51,7 +54,7 @@ async def test_each_session_gets_replies_built_from_its_own_turns_only(app: InPr
     for index, history in enumerate(histories):
         assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
         assert parse_reply_header(text_of(history[-1])) == (
-            2, [fingerprint(f"user {index} first"), fingerprint(f"user {index} second")],
+            2, [fingerprint(f"{TAG} user {index} first"), fingerprint(f"{TAG} user {index} second")],
         )
 
 

@@ -208,8 +208,9 @@ async def test_a_password_in_the_base_url_never_reaches_a_message_or_the_log(
 @same_loop
 async def test_the_simulators_reply_and_faults_read_as_their_classes(sim: Simulator) -> None:
     p = providers(sim.base_url)
-    text, error, _ = await reply(p, "cmw-sim", [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}])
-    assert error is None and parse_reply_header(text) == (1, [fingerprint("hi")])
+    said = "cw0-0000 hi"  # a load-test canary: the reply opens with the fingerprints header
+    text, error, _ = await reply(p, "cmw-sim", [{"role": "system", "content": "s"}, {"role": "user", "content": said}])
+    assert error is None and parse_reply_header(text) == (1, [fingerprint(said)])
     for fault, kind in (("error:503", "http_error"), ("disconnect", "disconnect"), ("malformed", "malformed")):
         _, error, _ = await reply(p, f"cmw-sim@{fault}")
         assert error is not None and error.kind == kind, fault

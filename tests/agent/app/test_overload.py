@@ -28,6 +28,9 @@ from tests.servers import RunningServer, cmw_server
 MAX_SIZE = 4
 USERS = 3 * MAX_SIZE
 CHAT_LIMIT = 3  # balanced
+# A load-test canary: a message carrying one gets the simulator's fingerprints header, which proves the
+# turns the "LLM" saw; without one a person gets a readable reply.
+TAG = "cw0-0000"
 TURN_BOUND_S = 30  # no accepted turn may take longer: the burst is ~3 rounds of 1.5 s replies
 pytestmark = [pytest.mark.server, pytest.mark.timeout(150)]
 
@@ -53,7 +56,7 @@ async def burst(url: str, users: int) -> list[TurnResult]:
     conns = [Connection(Origin.parse(url)) for _ in range(users)]
     try:
         return await asyncio.gather(*(
-            run_turn(conn, endpoint, f"overload-{i:04d}", f"burst user {i}", timeout=TURN_BOUND_S)
+            run_turn(conn, endpoint, f"overload-{i:04d}", f"{TAG} burst user {i}", timeout=TURN_BOUND_S)
             for i, conn in enumerate(conns)
         ))
     finally:
@@ -85,11 +88,11 @@ def test_a_burst_of_three_times_max_size_is_partly_refused_never_hangs_and_leave
     for index, result in enumerate(results):
         if result.ok:  # each served user got its own reply to its own message
             assert result.history is not None
-            assert parse_reply_header(text_of(result.history[-1])) == (1, [fingerprint(f"burst user {index}")])
+            assert parse_reply_header(text_of(result.history[-1])) == (1, [fingerprint(f"{TAG} burst user {index}")])
     assert after - before < 200, "the burst should not leave the server much bigger"
 
-    history, _ = Client(server.url, verbose=False).predict("after the storm", api_name="/chat")
-    assert parse_reply_header(text_of(history[-1])) == (1, [fingerprint("after the storm")])
+    history, _ = Client(server.url, verbose=False).predict(f"{TAG} after the storm", api_name="/chat")
+    assert parse_reply_header(text_of(history[-1])) == (1, [fingerprint(f"{TAG} after the storm")])
 
 
 def test_cmw_loadtest_counts_the_refused_as_queue_full(server: RunningServer, tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ from tests.servers import RunningServer, cmw_server
 pytestmark = pytest.mark.server
 
 FAST = ("sim.ttft_ms=5", "sim.tokens_per_second=2000", "sim.reply_tokens=5", "sim.jitter=0")
+# A load-test canary: a message carrying one gets the simulator's fingerprints header, which proves the
+# turns the "LLM" saw; without one a person gets a readable reply.
+TAG = "cw0-0000"
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +115,9 @@ def test_a_victims_hash_id_or_altered_token_presented_on_page_load_opens_nothing
         assert unknown_answer(answer) == baseline, claim
         assert "secret plan" not in str(answer)
         # Every other event this tab can trigger sees only its own (new, empty) conversation.
-        history = chat(server, chat_event, attacker, "what do you know?")
-        assert texts(history, "user") == ["what do you know?"]
-        assert seen_by_reply(history) == (1, [fingerprint("what do you know?")])
+        history = chat(server, chat_event, attacker, f"{TAG} what do you know?")
+        assert texts(history, "user") == [f"{TAG} what do you know?"]
+        assert seen_by_reply(history) == (1, [fingerprint(f"{TAG} what do you know?")])
 
 
 def test_the_victims_hash_as_the_attackers_own_id_is_not_its_conversation_id(
@@ -135,8 +138,8 @@ def test_the_issued_token_brings_the_browser_back_after_a_reload(
     reloaded = new_hash("reloaded")  # a reload is a new Gradio session
     answer = come_back(server, restore, reloaded, token)
     assert texts(answer[0], "user") == ["remember me"]
-    history = chat(server, chat_event, reloaded, "and now?")
-    assert seen_by_reply(history) == (2, [fingerprint("remember me"), fingerprint("and now?")])
+    history = chat(server, chat_event, reloaded, f"{TAG} and now?")
+    assert seen_by_reply(history) == (2, [fingerprint("remember me"), fingerprint(f"{TAG} and now?")])
 
 
 def test_clear_and_kill_revoke_the_token(
@@ -196,9 +199,9 @@ def test_with_8_sessions_in_memory_a_user_who_chatted_keeps_every_turn_after_24_
     stored = {s["id"]: s for s in admin.get("/admin/api/sessions", params={"limit": 10_000}).json()}
     detail = admin.get(f"/admin/api/sessions/{first}").json()
     assert stored[detail["id"]]["state"] == "stored"  # freed from memory, kept in the store
-    history = chat(server, chat_event, first, "turn three")
-    assert texts(history, "user") == [*mine, "turn three"]
-    assert seen_by_reply(history) == (3, [fingerprint(t) for t in [*mine, "turn three"]])
+    history = chat(server, chat_event, first, f"{TAG} turn three")
+    assert texts(history, "user") == [*mine, f"{TAG} turn three"]
+    assert seen_by_reply(history) == (3, [fingerprint(t) for t in [*mine, f"{TAG} turn three"]])
 
 
 def test_sessions_list_pages_through_the_store(server: RunningServer, chat_event: Event, admin: httpx.Client) -> None:

@@ -10,9 +10,9 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
-from agent.fingerprints import parse_reply_header, reply_header
+from agent.fingerprints import fingerprint, parse_reply_header, reply_header
 from agent.settings import SimSettings
-from agent.simulator import DEFAULT_MODEL, FAULT_HEADER, Simulator, reply_text, running_simulator
+from agent.simulator import DEFAULT_MODEL, FAULT_HEADER, Simulator, reply_opening, reply_text, running_simulator
 
 FAST = SimSettings(ttft_ms=0, tokens_per_second=5000, reply_tokens=12, jitter=0.2, seed=1, stall_s=0.05)
 MESSAGES = [
@@ -34,6 +34,13 @@ def sim() -> Iterator[Simulator]:
         yield simulator
 
 
+@pytest.fixture(scope="module")
+def roomy() -> Iterator[Simulator]:
+    """Replies long enough to hold the whole readable part."""
+    with running_simulator(FAST.model_copy(update={"reply_tokens": 60}), host="127.0.0.1", port=0) as simulator:
+        yield simulator
+
+
 def client(sim: Simulator, **headers: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=sim.base_url, api_key="sim", max_retries=0, timeout=10,
                               default_headers=headers or None)
@@ -49,13 +56,38 @@ async def stream_all(sim: Simulator, model: str = "my-model", **headers: str) ->
 # --------------------------------------------------------------------------- the openai client
 
 
-async def test_stream_opens_with_the_fingerprint_header_then_one_token_per_chunk(sim: Simulator) -> None:
+async def test_stream_is_a_readable_reply_one_token_per_chunk(sim: Simulator) -> None:
     chunks = await stream_all(sim)
     content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert content[0] == reply_header(USER_TEXTS)
+    assert content[0] == reply_opening(USER_TEXTS) == "You"
     assert len(content) == FAST.reply_tokens
     assert "".join(content) == reply_text(USER_TEXTS, FAST.reply_tokens)
-    assert parse_reply_header("".join(content)) is not None
+    assert parse_reply_header("".join(content)) is None  # no canary: no debug header
+
+
+async def test_a_person_reads_what_the_simulator_is_and_their_own_words_back(roomy: Simulator) -> None:
+    """Issue 16: a first reply worth reading — no fingerprint, the start of their message, their message count."""
+    messages = [{"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": "Paris."},
+                {"role": "user", "content": "And of Italy? Please answer in one word, I am in a hurry, thanks"}]
+    reply = await client(roomy).chat.completions.create(model="m", messages=messages)
+    text = reply.choices[0].message.content
+    assert text is not None and len(text.split()) == 60
+    assert "[" not in text and fingerprint(messages[2]["content"]) not in text
+    assert text.startswith("You said \u201cAnd of Italy? Please answer in one word, I am in a\u2026\u201d, "
+                           "your 2nd message in this conversation. I'm cmw's built-in simulator, not a real model.")
+
+
+async def test_a_load_test_message_gets_the_fingerprint_header_first(sim: Simulator) -> None:
+    """A latest user message carrying a load-test canary is answered with the header the isolation checks read."""
+    said = ["cw7-0a1b turn 1: tell me about load testing", "cw7-0a1b turn 2: tell me about load testing"]
+    messages = [{"role": "user", "content": said[0]}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": said[1]}]
+    chunks = [c async for c in await client(sim).chat.completions.create(model="m", messages=messages, stream=True)]
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert content[0] == reply_header(said)
+    assert len(content) == FAST.reply_tokens and "".join(content) == reply_text(said, FAST.reply_tokens)
+    assert parse_reply_header("".join(content)) == (2, [fingerprint(m) for m in said])
 
 
 async def test_stream_ends_with_finish_reason_and_usage(sim: Simulator) -> None:
@@ -81,10 +113,11 @@ async def test_non_streaming_reply_has_the_whole_text_and_usage(sim: Simulator) 
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + FAST.reply_tokens
 
 
-async def test_text_parts_of_a_user_message_are_joined(sim: Simulator) -> None:
+async def test_text_parts_of_a_user_message_are_joined(roomy: Simulator) -> None:
     parts = [{"type": "text", "text": "look at"}, {"type": "text", "text": "this"}]
-    reply = await client(sim).chat.completions.create(model="m", messages=[{"role": "user", "content": parts}])
-    assert reply.choices[0].message.content.startswith(reply_header(["look at\nthis"]))
+    reply = await client(roomy).chat.completions.create(model="m", messages=[{"role": "user", "content": parts}])
+    assert reply.choices[0].message.content == reply_text(["look at\nthis"], 60)
+    assert "\u201clook at this\u201d" in reply.choices[0].message.content
 
 
 async def test_max_tokens_shortens_the_reply_with_finish_reason_length(sim: Simulator) -> None:
@@ -212,7 +245,7 @@ async def test_forced_disconnect_breaks_the_stream_after_the_first_tokens(sim: S
     with pytest.raises(openai.APIConnectionError):
         async for chunk in stream:
             seen.append(chunk.choices[0].delta.content or "")
-    assert seen and seen[0] == reply_header(USER_TEXTS)
+    assert seen and seen[0] == reply_opening(USER_TEXTS)
     assert len(seen) == FAST.reply_tokens // 2
 
 

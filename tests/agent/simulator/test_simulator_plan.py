@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from agent.fingerprints import parse_reply_header, reply_header
+from agent.fingerprints import fingerprint, parse_reply_header, reply_header
 from agent.settings import SimSettings
 from agent.simulator.plan import (
     DEFAULT_MODEL,
@@ -79,11 +79,27 @@ def test_invalid_fields_name_their_param(fields: dict[str, object], param: str) 
     assert (caught.value.status, caught.value.param) == (400, param)
 
 
-def test_reply_text_is_the_header_then_one_word_a_token() -> None:
-    text = reply_text(["a", "b"], 5)
-    assert text.startswith(reply_header(["a", "b"]))
-    assert len(text.removeprefix(reply_header(["a", "b"])).split()) == 4
-    assert parse_reply_header(text) is not None
+def test_reply_text_is_readable_one_word_a_token_and_fills_the_reply_length() -> None:
+    text = reply_text(["a", "b"], 60)
+    assert len(text.split()) == 60 and parse_reply_header(text) is None
+    assert text.startswith("You said \u201cb\u201d, your 2nd message in this conversation. I'm cmw's built-in "
+                           "simulator, not a real model.")
+    assert reply_text(["a", "b"], 5) == "You said \u201cb\u201d, your 2nd"
+
+
+def test_reply_text_quotes_the_start_of_a_long_message_on_one_line() -> None:
+    text = reply_text(["one two\nthree " + "word " * 30], 30)
+    assert "You said \u201cone two three word word word word word word word word word\u2026\u201d" in text
+    assert "first message" in text
+
+
+def test_reply_text_opens_with_the_fingerprints_header_only_for_a_load_test_canary() -> None:
+    said = ["cw3-beef turn 1", "cw3-beef turn 2"]
+    text = reply_text(said, 5)
+    assert text == f"{reply_header(said)} You said \u201ccw3-beef turn"
+    assert parse_reply_header(text) == (2, [fingerprint(m) for m in said])
+    assert parse_reply_header(reply_text(["cw3-beef earlier", "no canary now"], 5)) is None
+    assert parse_reply_header(reply_text(["cw3-bee short hex"], 5)) is None
 
 
 def test_nominal_reply_is_ttft_plus_the_gaps_between_tokens() -> None:

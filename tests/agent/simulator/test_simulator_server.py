@@ -10,9 +10,8 @@ import httpx
 import openai
 import pytest
 
-from agent.fingerprints import reply_header
 from agent.settings import SimSettings
-from agent.simulator import Simulator, running_simulator, simulator_process
+from agent.simulator import Simulator, reply_text, running_simulator, simulator_process
 
 FAST = SimSettings(ttft_ms=0, tokens_per_second=5000, reply_tokens=12, jitter=0.2, seed=1, stall_s=0.05)
 MESSAGES = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "first answer"},
@@ -31,7 +30,7 @@ async def test_simulator_runs_inside_the_callers_event_loop() -> None:
     try:
         assert sim.port != 0 and sim.base_url == f"http://127.0.0.1:{sim.port}/v1"
         reply = await client(sim).chat.completions.create(model="m", messages=MESSAGES)
-        assert reply.choices[0].message.content.startswith(reply_header(USER_TEXTS))
+        assert reply.choices[0].message.content == reply_text(USER_TEXTS, FAST.reply_tokens)
     finally:
         await sim.stop()
     with pytest.raises(openai.APIConnectionError):
@@ -86,7 +85,7 @@ def test_simulator_process_serves_from_a_child_that_ends_with_the_block() -> Non
 
     with simulator_process(FAST.model_copy(update={"host": "127.0.0.1", "port": 0})) as child:
         reply = httpx.post(f"{child.base_url}/chat/completions", json={"model": "m", "messages": MESSAGES}, timeout=5)
-        assert reply.json()["choices"][0]["message"]["content"].startswith(reply_header(USER_TEXTS))
+        assert reply.json()["choices"][0]["message"]["content"] == reply_text(USER_TEXTS, FAST.reply_tokens)
         assert [p.name for p in multiprocessing.active_children()] == ["cmw-sim"]
     assert multiprocessing.active_children() == []
 

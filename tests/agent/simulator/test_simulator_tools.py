@@ -112,10 +112,18 @@ def test_arguments_stream_in_pieces_of_a_few_characters(arguments: str) -> None:
 def test_the_tool_result_header_names_the_tool_and_fingerprints_the_result() -> None:
     assert tool_result_header("calc", "4") == f"[tool name=calc result_fp={fingerprint('4')}]"
     assert tool_result_header(None, "") == f"[tool name=? result_fp={fingerprint('')}]"
-    opening = reply_opening(["q"], ("calc", "4"))
-    assert opening == f"{reply_header(['q'])} {tool_result_header('calc', '4')}"
-    assert reply_text(["q"], 3, ("calc", "4")).startswith(opening + " ")
-    assert parse_reply_header(opening) == (1, [fingerprint("q")])  # the isolation checks still read it
+    opening = reply_opening(["cw1-abcd q"], ("calc", "4"))  # the load tester's message: headers first
+    assert opening == f"{reply_header(['cw1-abcd q'])} {tool_result_header('calc', '4')}"
+    assert reply_text(["cw1-abcd q"], 3, ("calc", "4")).startswith(opening + " ")
+    assert parse_reply_header(opening) == (1, [fingerprint("cw1-abcd q")])  # the isolation checks still read it
+
+
+def test_a_person_reads_the_tool_result_quoted_and_no_header() -> None:
+    text = reply_text(["what is 6*7?"], 40, ("calc", "42"))
+    assert text.startswith("The calc tool returned \u201c42\u201d. You said \u201cwhat is 6*7?\u201d, your first "
+                           "message in this conversation. I'm cmw's built-in simulator, not a real model.")
+    assert "[" not in text and reply_opening(["what is 6*7?"], ("calc", "42")) == "The"
+    assert "The tool returned nothing." in reply_text(["q"], 40, (None, ""))
 
 
 # --------------------------------------------------------------------------- requests
