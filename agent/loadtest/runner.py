@@ -65,7 +65,10 @@ def nominal_from_settings(loaded: LoadedSettings) -> Nominal:
     limit = min(s.event_limit("chat"), s.server.max_threads)
     simulated = PROVIDERS[s.llm.provider].embedded
     service = s.sim.ttft_ms / 1000 + s.sim.reply_tokens / s.sim.tokens_per_second if simulated else None
-    return Nominal(limit, "settings", service, "settings:sim" if service is not None else None)
+    source = "settings"
+    if simulated and s.sim.capacity and s.sim.capacity < limit:  # the backend, not the limit, bounds concurrency
+        limit, source = s.sim.capacity, "settings:sim.capacity"
+    return Nominal(limit, source, service, "settings:sim" if service is not None else None)
 
 
 def profile_overrides(profile: str) -> tuple[str, list[str]]:
