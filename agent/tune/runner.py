@@ -341,7 +341,13 @@ def _tune_on(server: LiveServer, request: TuneRequest, workers: int, deadline: f
 
     remaining = deadline - time.monotonic()
     search = Search(measure, max_limit=cap, budget_s=max(0.0, remaining), noise=request.noise, on_measured=shown)
-    outcome = search.run(first)
+    try:
+        outcome = search.run(first)
+    except BaseException:  # a failure or Ctrl-C mid-search: a running server goes back to its own limit
+        if not request.spawn and result.original_limit is not None:
+            with contextlib.suppress(TuneError):
+                server.set_limit(result.event, result.original_limit)
+        raise
     result.searches.append(WorkersSearch(workers, outcome))
     result.cut_short = result.cut_short or outcome.cut_short
     if not request.spawn:  # leave the running server at the chosen value, or as it was
