@@ -111,10 +111,15 @@ def create_app(
     from agent.app.admin import admin_router, admin_token, docs_router, token_dependency
     from agent.app.metrics import metrics_router
 
-    require_token = token_dependency(admin_token(settings, state_dir))
+    token = admin_token(settings, state_dir)
+    require_token = token_dependency(token)
     api.include_router(admin_router(ctx, require_token))
     api.include_router(docs_router("cmw"))
     api.include_router(metrics_router(ctx, require_token if settings.admin.metrics_require_token else None))
+    from agent.app.dashboard import MOUNT as DASHBOARD
+    from agent.app.dashboard import mount_dashboard
+
+    mount_dashboard(api, ctx, token=token, processes=processes)  # before the UI at "/", which would answer for it
 
     @api.get("/gradio_api/deep_link", include_in_schema=False)
     def no_deep_links() -> None:
@@ -126,6 +131,10 @@ def create_app(
     ttl = settings.server.upload_cache_ttl_s
     demo.delete_cache = (max(1, min(ttl, 3600) // 4), ttl)  # Gradio's cleanup of its upload cache (and on exit)
     mount: dict[str, Any] = {"footer_links": ["api", "settings"], **launch_kwargs}
+    if not settings.server.app:  # cmw's own UI speaks English and Russian (agent/app/i18n.py)
+        from agent.app.i18n import gradio_i18n
+
+        mount["i18n"] = gradio_i18n(settings.ui.language)
     app = gr.mount_gradio_app(
         api,
         demo,
@@ -144,8 +153,14 @@ def create_app(
     skip_login_check_thread_hop(app)
     from agent.app.guard import RequestGuard
 
-    app.add_middleware(RequestGuard, settings=settings, fns=demo.fns, on_refused=ctx.metrics.request_refused)
+    app.add_middleware(RequestGuard, settings=settings, fns=demo.fns, on_refused=ctx.metrics.request_refused,
+                       skip_prefix=f"{DASHBOARD}/")  # the dashboard's events are not the app's; its gate guards them
     app.add_middleware(DrainMiddleware, ctx=ctx)
+    if not settings.server.app:  # the page speaks the language the server chose: Gradio's own strings too
+        from agent.app.gradio_compat import PageLocale
+        from agent.app.i18n import choose
+
+        app.add_middleware(PageLocale, language_of=lambda accept: choose(settings.ui.language, accept))
     ctx.startup_log.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} cmw {_version()} started")
     ctx.startup_log.append(f"profile {loaded.profile_name}; provider {settings.llm.provider}")
     ctx.startup_log.append("limits " + ", ".join(f"{k}={v['limit']}" for k, v in ctx.monitor.as_dict().items()))
@@ -179,7 +194,7 @@ def _operator_app(ctx: Any, processes: int) -> tuple[Any, dict[str, Any]]:
     cap_session_states(demo, max(100, settings.server.max_threads))
     apply_queue(demo, settings)
     streams = pace_streaming_events(demo, lambda fn: paced(fn, ctx.pacer))
-    named = {item.api_name or f"fn_{item.fn_index}": {"id": item.fn_index} for item in limits}
+    named = {item.api_name or f"fn_{item.fn_index}": {"id": item.fn_index, "source": item.source} for item in limits}
     ctx.monitor = QueueMonitor(demo, named)
     ctx.app_sessions = AppSessions(demo, {dep["id"]: name for name, dep in named.items()},
                                    capacity=settings.sessions.max_sessions, idle_ttl_s=settings.sessions.idle_ttl_s)

@@ -411,24 +411,29 @@ def set_pool_limit(demo: Any, fn_index: int, limit: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------- the page's language
 # Gradio's frontend (6.31, templates/frontend/assets/core-*.js `setupi18n`) picks its locale once, as the page
 # starts, from `navigator.language` (then its primary subtag, then English), before any `head=` or `js=` of the app
-# runs; no config key, URL or header sets it. So a forced ui.language reaches Gradio's own strings (upload widget,
-# Chatbot buttons, toasts, footer) only by the page starting with a script that makes navigator.language say it.
+# runs; no config key, URL or header sets it. So the language the server chose for a request (ui.language, else
+# the first supported one of Accept-Language) reaches Gradio's own strings (upload widget, Chatbot buttons, toasts,
+# footer) and the app's gr.I18n strings only by the page starting with a script that makes navigator.language say it.
 
 
-class ForcedPageLocale:
-    """ASGI middleware: the Gradio page (``GET /``) starts with ``navigator.language`` set to ``language``.
+class PageLocale:
+    """ASGI middleware: the Gradio page (``GET /``) starts with ``navigator.language`` set to the language
+    ``language_of(accept_language_header)`` chooses, so the page and the server speak one language.
 
-    The page is asked for uncompressed (Gradio would Brotli it) so the script can go in after ``<head>``.
+    The page is asked for uncompressed so the script can go in after ``<head>``; it varies with Accept-Language.
     """
 
-    def __init__(self, app: Any, language: str):
+    def __init__(self, app: Any, language_of: Callable[[str | None], str]):
+        self.app = app
+        self.language_of = language_of
+
+    @staticmethod
+    def script(language: str) -> bytes:
         import json
 
-        self.app = app
-        script = (f"<script>(function(){{var l={json.dumps(language)};function d(n,v){{try{{Object.defineProperty("
-                  "Navigator.prototype,n,{configurable:true,get:function(){return v}})}catch(e){}}"
-                  "d('language',l);d('languages',[l]);})();</script>")
-        self.script = script.encode()
+        return (f"<script>(function(){{var l={json.dumps(language)};function d(n,v){{try{{Object.defineProperty("
+                "Navigator.prototype,n,{configurable:true,get:function(){return v}})}catch(e){}}"
+                "d('language',l);d('languages',[l]);})();</script>").encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         root = scope.get("root_path", "")
@@ -437,6 +442,8 @@ class ForcedPageLocale:
         if scope["type"] != "http" or scope.get("method") != "GET" or path not in ("", "/"):
             await self.app(scope, receive, send)
             return
+        accept = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"accept-language"), None)
+        script = self.script(self.language_of(accept))
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
@@ -455,7 +462,8 @@ class ForcedPageLocale:
             kept = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             if any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in kept):
                 at = body.find(b"<head>")
-                body = body[: at + 6] + self.script + body[at + 6:] if at >= 0 else self.script + body
+                body = body[: at + 6] + script + body[at + 6:] if at >= 0 else script + body
+                kept.append((b"vary", b"Accept-Language"))
             await send({**start, "headers": [*kept, (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
 

@@ -142,8 +142,10 @@ class RequestGuard:
         fns: Mapping[int, Any],
         message_api_names: frozenset[str] = frozenset({"chat"}),
         on_refused: Callable[[str], None] | None = None,
+        skip_prefix: str | None = None,
     ):
         self.app = app
+        self.skip_prefix = skip_prefix  # a mounted app with its own events (the dashboard), guarded by its own gate
         self.max_body = settings.server.max_request_bytes
         self.max_files = settings.sessions.max_files_per_upload
         self.max_upload = self.max_files * (settings.sessions.max_upload_bytes + MULTIPART_SLACK)
@@ -159,7 +161,7 @@ class RequestGuard:
         self._last_logged: dict[str, tuple[float, int]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.skip_prefix and scope["path"].startswith(self.skip_prefix)):
             await self.app(scope, receive, send)
             return
         path = scope["path"]

@@ -25,6 +25,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.app.i18n import number, text
 from agent.sessions.manager import SessionManager
 from agent.sessions.session import Session
 
@@ -64,18 +65,18 @@ def safe_name(raw: str) -> str:
     return base
 
 
-def kind_problem(name: str, data: bytes) -> str | None:
-    """Why this content is not an attachable text file, or None when it is."""
+def kind_problem(name: str, data: bytes, language: str = "en") -> str | None:
+    """Why this content is not an attachable text file (in ``language``), or None when it is."""
     suffix = os.path.splitext(name)[1].lower()
     accepted = ", ".join(sorted(TEXT_SUFFIXES))
     if suffix and suffix not in TEXT_SUFFIXES:
-        return f"not a text file ({suffix} is not accepted); attach text files ({accepted})."
+        return text("files.bad_suffix", language, suffix=suffix, accepted=accepted)
     if b"\x00" in data:
-        return f"not a text file (binary content); attach text files ({accepted})."
+        return text("files.binary", language, accepted=accepted)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
-        return "not UTF-8 text; save it as UTF-8 and attach it again."
+        return text("files.not_utf8", language)
     return None
 
 
@@ -114,36 +115,41 @@ def attach_upload(
     max_files: int,
     source_root: Path | None = None,
     original_name: str | None = None,
+    language: str = "en",
 ) -> UploadResult:
     """Apply the policy to one uploaded file and, when it passes, add it to the session's context.
 
     ``source`` must lie in ``source_root`` (Gradio's upload cache by default): a client can hand the event a
     FileData with any server path, and Gradio passes it through, so only files that were uploaded are read.
+    The message is in ``language`` (the request's); the session's log line stays English, as the server's log.
     """
     name = safe_name(original_name if original_name is not None else source.name)
+
+    def refused(problem: str) -> UploadResult:
+        return UploadResult(False, name, text("files.refused", language, name=name, problem=problem))
+
     root = (source_root or gradio_upload_root()).resolve()
     if not source.resolve().is_relative_to(root):
-        return UploadResult(False, name, f"⚠️ {name}: not a file uploaded to this server; attach it again.")
+        return refused(text("files.not_uploaded", language))
     if name not in session.files and len(session.files) >= max_files:
-        return UploadResult(False, name, f"⚠️ {name}: this conversation already has {len(session.files)} files, the "
-                            "limit (sessions.max_files); Clear the conversation to attach others.")
+        return refused(text("files.too_many", language, count=number(len(session.files), language)))
     try:
         size = source.stat().st_size
         data = read_limited(source, max_bytes) if size <= max_bytes else None
     except OSError:
-        return UploadResult(False, name, f"⚠️ {name}: could not be read.")
+        return refused(text("files.unreadable", language))
     if data is None:
-        shown = f"{size:,} bytes is" if size > max_bytes else "it is"
-        return UploadResult(
-            False, name, f"⚠️ {name}: {shown} over the {max_bytes:,}-byte limit (sessions.max_upload_bytes)."
-        )
-    problem = kind_problem(name, data)
+        limit = number(max_bytes, language)
+        if size > max_bytes:
+            return refused(text("files.too_big", language, size=number(size, language), limit=limit))
+        return refused(text("files.grew", language, limit=limit))  # it grew while being read
+    problem = kind_problem(name, data, language)
     if problem is not None:
-        return UploadResult(False, name, f"⚠️ {name}: {problem}")
+        return refused(problem)
     try:
         copy = store_copy(manager.upload_dir(session), name, data)
     except (OSError, ValueError):
-        return UploadResult(False, name, f"⚠️ {name}: could not be stored.")
+        return refused(text("files.not_stored", language))
     manager.attach_file(session, name, data.decode("utf-8"))
     session.log.append((time.time(), f"file attached: {name} ({len(data):,} bytes)"))
-    return UploadResult(True, name, f"✅ {name} attached ({len(data):,} bytes).", copy)
+    return UploadResult(True, name, text("files.attached", language, name=name, size=number(len(data), language)), copy)
