@@ -124,3 +124,20 @@ def test_an_exhausted_budget_writes_the_best_so_far_and_says_so(running: Running
     assert result.exit_code == 0, result.output
     assert "cut short" in result.output and out.exists()
     assert "cut short by its budget" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.server
+@pytest.mark.services
+def test_workers_max_searches_the_number_of_workers_too(tmp_path: Path) -> None:
+    from agent.runtime.proxy import find_haproxy
+
+    if find_haproxy() is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    out = tmp_path / "workers.toml"
+    result = runner.invoke(app, ["tune", "--spawn", *sets(*BACKEND, "sessions.store=memory"), "--workers-max", "2",
+                                 "--max-limit", "4", "--turns", "1", "--budget", "300", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [s["workers"] for s in doc["searches"]] == [1, 2]
+    assert all(m["users"] == m["limit"] * s["workers"] for s in doc["searches"] for m in s["measurements"])
+    assert tomllib.loads(out.read_text(encoding="utf-8"))["server"]["workers"] == doc["chosen"]["workers"]
