@@ -26,7 +26,7 @@ print(json.dumps({
     "agent": agent.__file__,
     "cli": cmw_cli.main.__file__,
     "shipped": str(shipped_profiles_dir()),
-    "available": {name: str(path) for name, path in available_profiles({}).items()},
+    "available": {name: str(path) for name, path in available_profiles().items()},  # XDG_CONFIG_HOME: a tmp dir
     "profile": str(loaded.profile_path),
     "chat": loaded.settings.events.chat_concurrency_limit,
 }))

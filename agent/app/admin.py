@@ -218,14 +218,22 @@ def admin_router(ctx: "AppContext", require_token: Any) -> Any:
             return {"events": {}, "max_threads": ctx.settings.server.max_threads}
         return ctx.live_limits.view()
 
+    # The body is read in the handler, after the token dependency: a body parameter would be parsed first, so a
+    # stranger's malformed JSON would get a 422 describing it instead of the 401 every admin route gives.
     @router.put("/limits/{event}", response_model=models.LimitChanged, response_model_exclude_unset=True,
-                responses=refusals)
-    async def change_limit(
-        change: models.LimitChange, request: Request, event: str = PathParam(max_length=200),
-    ) -> dict[str, Any]:
+                responses=refusals, openapi_extra={"requestBody": {"required": True, "content": {
+                    "application/json": {"schema": models.LimitChange.model_json_schema()}}}})
+    async def change_limit(request: Request, event: str = PathParam(max_length=200)) -> dict[str, Any]:
         """Change an event's limit on the running server, at once: a raised limit starts waiting jobs, a lowered
         one lets running jobs finish and starts none until fewer run. Events sharing its pool change with it.
         Lasts until the process stops; logged with the old and new value and the client's address."""
+        from fastapi.exceptions import RequestValidationError
+        from pydantic import ValidationError
+
+        try:
+            change = models.LimitChange.model_validate_json(await request.body())
+        except ValidationError as invalid:
+            raise RequestValidationError(invalid.errors(include_url=False)) from None
         if ctx.live_limits is None:
             raise HTTPException(404, f"no event {event!r} on this server")
         try:

@@ -179,3 +179,13 @@ async def test_metrics_need_no_token_count_turns_by_outcome_and_carry_no_secret(
     health = (await app.api.get("/admin/api/health")).json()
     assert health["turns"]["failed_by_class"]["timeout"] >= 1
     assert app.token not in after and API_KEY not in after
+
+
+async def test_a_strangers_malformed_limit_change_gets_401_not_a_description_of_the_body(app: InProcess) -> None:
+    for body in (b"", b"{not json", b'{"limit": "many"}'):
+        refused = await app.client.put("/admin/api/limits/chat", content=body,
+                                       headers={"Content-Type": "application/json"})
+        assert refused.status_code == 401 and refused.json() == {"detail": "missing admin token"}
+    malformed = await app.api.put("/admin/api/limits/chat", content=b"{not json",
+                                  headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 422  # with the token: the body's problem, said
