@@ -6,6 +6,7 @@ the settings model load only when a command actually reads settings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
@@ -118,3 +119,16 @@ def load_or_exit(
         for warning in loaded.warnings:
             warn(warning)
     return loaded
+
+
+def refreshes(interval: float, count: int | None) -> Iterator[int]:
+    """The refreshes of a `watch` view: 0, 1, … with ``interval`` seconds between them, ``count`` of them (None:
+    until Ctrl-C)."""
+    import time
+
+    shown = 0
+    while count is None or shown < count:
+        if shown:
+            time.sleep(interval)
+        yield shown
+        shown += 1

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cmw_cli.client import TokenOption, UrlOption, connect
-from cmw_cli.common import Exit, JsonOption, console, fail
+from cmw_cli.common import Exit, JsonOption, console, fail, refreshes
 
 app = typer.Typer(help="Inspect and manage the sessions of a running server.", no_args_is_help=True)
 
@@ -131,24 +131,17 @@ def watch(
         cmw sessions watch --json --count 10 > sessions.jsonl
     """
     client = connect(url, token)
-    shown = 0
     try:
         if json_:
-            while count is None or shown < count:
-                if shown:
-                    time.sleep(interval)
+            for _ in refreshes(interval, count):
                 snapshot = {"time": time.time(), "sessions": client.get("sessions"), "queue": client.get("queue")}
                 print(json.dumps(snapshot), flush=True)
-                shown += 1
             return
         from rich.live import Live
 
         with Live(console=console, auto_refresh=False, transient=False) as live:
-            while count is None or shown < count:
-                if shown:
-                    time.sleep(interval)
+            for _ in refreshes(interval, count):
                 live.update(_watch_view(client.url, client.get("sessions"), client.get("queue")), refresh=True)
-                shown += 1
     except KeyboardInterrupt:
         raise typer.Exit(int(Exit.INTERRUPTED)) from None
 

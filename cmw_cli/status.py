@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cmw_cli.client import AdminClient, TokenOption, UrlOption, connect
-from cmw_cli.common import Exit, JsonOption, console
+from cmw_cli.common import Exit, JsonOption, console, refreshes
 
 SAMPLES = 60  # refreshes a sparkline covers
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -56,27 +56,20 @@ def _snapshot(client: AdminClient) -> tuple[dict[str, Any], dict[str, Any], dict
 def _watch(client: AdminClient, interval: float, count: int | None, json_: bool) -> None:
     """Refresh until ``count`` views or Ctrl-C (exit 130), as `cmw sessions watch` does."""
     history = History()
-    shown = 0
     try:
         if json_:
-            while count is None or shown < count:
-                if shown:
-                    time.sleep(interval)
+            for _ in refreshes(interval, count):
                 health, queue, limits = _snapshot(client)
                 print(json.dumps({"time": time.time(), "health": health, "queue": queue, "limits": limits}),
                       flush=True)
-                shown += 1
             return
         from rich.live import Live
 
         with Live(console=console, auto_refresh=False, transient=False) as live:
-            while count is None or shown < count:
-                if shown:
-                    time.sleep(interval)
+            for _ in refreshes(interval, count):
                 health, queue, limits = _snapshot(client)
                 history.add(health, queue, time.monotonic())
                 live.update(render(client.url, health, queue, limits, history), refresh=True)
-                shown += 1
         if not console.is_terminal:
             console.line()  # Live printed its last view without ending the line
     except KeyboardInterrupt:

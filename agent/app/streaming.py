@@ -169,6 +169,27 @@ class ReplyStream:
 # yield it last or use stream.coalesce_ms = 0.
 
 
+class _Gate:
+    """One stream's pacing: pass a value when the pacer's interval has passed since the last one passed;
+    otherwise hold it (only the latest is kept) for the stream's end."""
+
+    def __init__(self, pacer: UpdatePacer):
+        self.pacer = pacer
+        self.last = float("-inf")
+        self.held: Any = None
+        self.holding = False
+
+    def passes(self, value: Any) -> bool:
+        if time.monotonic() - self.last >= self.pacer.interval():
+            self.holding = False
+            return True
+        self.held, self.holding = value, True
+        return False
+
+    def passed(self) -> None:
+        self.last = time.monotonic()
+
+
 def paced(fn: Any, pacer: UpdatePacer) -> Any:
     """``fn`` (a generator function, sync or async) yielding only the values the pacer lets through."""
     import functools
@@ -181,18 +202,14 @@ def paced(fn: Any, pacer: UpdatePacer) -> Any:
         async def paced_async(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
             pacer.active += 1
             source = fn(*args, **kwargs)
+            gate = _Gate(pacer)
             try:
-                last, held, holding = float("-inf"), None, False
                 async for value in source:
-                    now = time.monotonic()
-                    if now - last >= pacer.interval():
-                        holding = False
+                    if gate.passes(value):
                         yield value
-                        last = time.monotonic()
-                    else:
-                        held, holding = value, True
-                if holding:
-                    yield held
+                        gate.passed()
+                if gate.holding:
+                    yield gate.held
             finally:
                 pacer.active -= 1
                 await source.aclose()
@@ -206,18 +223,14 @@ def paced(fn: Any, pacer: UpdatePacer) -> Any:
         with lock:
             pacer.active += 1
         source = fn(*args, **kwargs)
+        gate = _Gate(pacer)
         try:
-            last, held, holding = float("-inf"), None, False
             for value in source:
-                now = time.monotonic()
-                if now - last >= pacer.interval():
-                    holding = False
+                if gate.passes(value):
                     yield value
-                    last = time.monotonic()
-                else:
-                    held, holding = value, True
-            if holding:
-                yield held
+                    gate.passed()
+            if gate.holding:
+                yield gate.held
         finally:
             with lock:
                 pacer.active -= 1
